@@ -1,0 +1,11 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""monai_adv: adversarial attacks, defenses and robustness evaluation for medical image analysis with MONAI."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,193 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Attack losses. Each returns one value per sample, shape (N,); the attack ascends it.
+
+Conventions:
+    - classification logits are (N, K); K == 1 means a single binary logit (sigmoid), labels (N,) in {0, 1}.
+    - multi-label logits are (N, K) with multi-hot labels (N, K).
+    - segmentation logits are (N, K, *spatial) with label maps given as indices (N, *spatial);
+      K == 1 means a single foreground logit (sigmoid). Voxel losses are averaged over the voxels,
+      or over the voxels where ``mask`` is non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cross_entropy",
+    "cw_margin",
+    "dlr",
+    "targeted_dlr",
+    "multilabel_bce",
+    "multilabel_margin",
+    "segmentation_cross_entropy",
+    "segmentation_margin",
+    "soft_dice_loss",
+]
+
+
+def _binary_logits_as_two(logits: torch.Tensor) -> torch.Tensor:
+    """Turn a single binary logit z (N, 1, ...) into the equivalent two-class logits [0, z]."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=1)
+
+
+def _other_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Largest logit over the classes other than ``labels`` (dim 1), and the logit of ``labels``."""
+    true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, labels.unsqueeze(1), float("-inf"))
+    return others.amax(dim=1), true
+
+
+def _masked_voxel_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over all but the first dim of ``values`` (N, *spatial), restricted to ``mask`` if given."""
+    flat = values.flatten(1)
+    if mask is None:
+        return flat.mean(dim=1)
+    weights = mask.reshape(values.shape).to(values.dtype).flatten(1)
+    return (flat * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy of classification logits (N, K) with class indices (N,).
+
+    A single logit (K == 1) uses binary cross-entropy with labels in {0, 1}.
+    """
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype), reduction="none")
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def cw_margin(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 0.0, targeted: bool = False) -> torch.Tensor:
+    """Carlini-Wagner margin, capped at ``kappa``, oriented so that the attack ascends it.
+
+    Untargeted: ``min(max_{i != y} z_i - z_y, kappa)``; targeted (``labels`` are the targets):
+    ``min(z_t - max_{i != t} z_i, kappa)``. The loss is positive exactly when the sample is fooled.
+
+    Args:
+        logits: (N, K) logits; K == 1 is read as the two-class logits [0, z].
+        labels: (N,) true classes, or target classes when ``targeted``.
+        kappa: confidence cap (>= 0); the attack stops pushing a sample once its margin reaches it.
+        targeted: whether ``labels`` are target classes.
+    """
+    if logits.shape[1] == 1:
+        logits = _binary_logits_as_two(logits)
+    other, true = _other_max(logits, labels)
+    margin = true - other if targeted else other - true
+    return margin.clamp_max(kappa)
+
+
+def _sorted_desc(logits: torch.Tensor, needed: int, name: str) -> torch.Tensor:
+    if logits.shape[1] < needed:
+        raise ValueError(
+            f"The {name} loss needs at least {needed} classes, the model outputs {logits.shape[1]}; "
+            'use loss="ce" or loss="cw" for binary tasks.'
+        )
+    return logits.sort(dim=1, descending=True).values
+
+
+def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``.
+
+    Invariant to shifting and scaling the logits. Needs at least 3 classes.
+    """
+    zs = _sorted_desc(logits, 3, "DLR")
+    other, true = _other_max(logits, labels)
+    return -(true - other) / (zs[:, 0] - zs[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. Needs at least 4 classes."""
+    zs = _sorted_desc(logits, 4, "targeted DLR")
+    true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    tgt = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return -(true - tgt) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3]) + 1e-12)
+
+
+def multilabel_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample binary cross-entropy averaged over the K labels of multi-label logits (N, K)."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return bce.mean(dim=1)
+
+
+def multilabel_margin(
+    logits: torch.Tensor, labels: torch.Tensor, kappa: float = 0.0, targeted: bool = False
+) -> torch.Tensor:
+    """Margin loss for multi-label logits (N, K), capped at ``kappa``.
+
+    Per label, ``m_k = (1 - 2 y_k) z_k`` is positive when label k is predicted wrong. Untargeted, the
+    attack needs one wrong label and ascends ``min(max_k m_k, kappa)``; targeted (``labels`` are the
+    target sets), every label must match and it ascends ``min(min_k -m_k, kappa)``.
+    """
+    signed = (1.0 - 2.0 * labels.to(logits.dtype)) * logits
+    if targeted:
+        return (-signed).amin(dim=1).clamp_max(kappa)
+    return signed.amax(dim=1).clamp_max(kappa)
+
+
+def segmentation_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Per-sample voxel-mean cross-entropy of segmentation logits (N, K, *spatial) with index maps (N, *spatial).
+
+    K == 1 uses binary cross-entropy on the foreground logit.
+    """
+    if logits.shape[1] == 1:
+        voxel = F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype), reduction="none")
+    else:
+        voxel = F.cross_entropy(logits, labels, reduction="none")
+    return _masked_voxel_mean(voxel, mask)
+
+
+def segmentation_margin(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    kappa: float = 0.0,
+    targeted: bool = False,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Voxel-mean CW margin (see :func:`cw_margin`) of segmentation logits (N, K, *spatial)."""
+    if logits.shape[1] == 1:
+        logits = _binary_logits_as_two(logits)
+    other, true = _other_max(logits, labels)
+    margin = true - other if targeted else other - true
+    return _masked_voxel_mean(margin.clamp_max(kappa), mask)
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    include_background: bool = False,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """Per-sample soft Dice loss ``1 - mean_c dice_c`` of segmentation logits (N, K, *spatial).
+
+    Probabilities are the softmax over K >= 2 channels (the background channel 0 left out of the mean
+    unless ``include_background``), or the sigmoid of a single foreground logit (K == 1).
+    ``dice_c = (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth)`` over the voxels (inside ``mask``).
+    """
+    num_classes = logits.shape[1]
+    if num_classes == 1:
+        probs = torch.sigmoid(logits)
+        onehot = labels.unsqueeze(1).to(logits.dtype)
+    else:
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(labels, num_classes).movedim(-1, 1).to(logits.dtype)
+        if not include_background:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+    if mask is not None:
+        weights = mask.reshape(labels.shape).unsqueeze(1).to(logits.dtype)
+        probs, onehot = probs * weights, onehot * weights
+    dims = tuple(range(2, logits.ndim))
+    intersection = (probs * onehot).sum(dim=dims)
+    denominator = probs.sum(dim=dims) + onehot.sum(dim=dims)
+    dice = (2.0 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - dice.mean(dim=1)

@@ -1,0 +1,115 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Lp-ball geometry: random starts, ascent steps, projections, and the final exact budget guarantee.
+
+Every function works per sample on batches (N, C, *spatial) with any number of spatial dims.
+``mask`` is None or a 0/1 tensor of x's shape; coordinates where it is 0 never move.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["random_start", "ascent_step", "project", "clip_to_range", "enforce_budget"]
+
+
+def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape (N,) to (N, 1, ..., 1) for broadcasting against a batch with ``ndim`` dims."""
+    return values.reshape(-1, *([1] * (ndim - 1)))
+
+
+def _l2_norms(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(p=2, dim=1)
+
+
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, mask: Optional[torch.Tensor], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """A random perturbation per sample: U(-eps, eps) per coordinate (Linf) or uniform in the L2 ball.
+
+    Each sample draws from its own generator, so its start does not depend on the rest of the batch.
+    """
+    shape, opts = x.shape[1:], {"device": x.device, "dtype": torch.float32}
+    if norm == "Linf":
+        noise = torch.stack([torch.rand(shape, generator=g, **opts) for g in generators])
+        delta = (2.0 * noise - 1.0) * eps
+        return (delta if mask is None else delta * mask).to(x.dtype)
+    directions, radii = [], []
+    for g in generators:
+        directions.append(torch.randn(shape, generator=g, **opts))
+        radii.append(torch.rand((), generator=g, **opts))
+    direction = torch.stack(directions)
+    if mask is not None:
+        direction = direction * mask
+    if mask is None:
+        dims = torch.full((x.shape[0],), float(shape.numel()), **opts)
+    else:
+        dims = mask.flatten(1).sum(dim=1).float().clamp_min(1.0)
+    # radius r = eps * U^(1/d) makes the point uniform in the d-dimensional ball
+    radius = eps * torch.stack(radii).pow(1.0 / dims)
+    delta = direction / _l2_norms(direction).clamp_min(1e-12).reshape(-1, *([1] * len(shape)))
+    return (delta * _per_sample(radius, x.ndim)).to(x.dtype)
+
+
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    """One steepest-ascent step: ``alpha * sign(grad)`` (Linf) or ``alpha * grad / ||grad||_2`` (L2)."""
+    if norm == "Linf":
+        return x_adv + alpha * grad.sign()
+    return x_adv + alpha * grad / (_per_sample(_l2_norms(grad), grad.ndim) + 1e-10)
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project each sample's perturbation onto the eps-ball of the norm."""
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    factor = (eps / _l2_norms(delta)).clamp_max(1.0)  # a zero perturbation gives inf -> 1
+    return delta * _per_sample(factor, delta.ndim)
+
+
+def clip_to_range(x_adv: torch.Tensor, value_range: Optional[Tuple[float, float]]) -> torch.Tensor:
+    """Clamp into ``value_range`` (no-op for None)."""
+    if value_range is None:
+        return x_adv
+    return x_adv.clamp(value_range[0], value_range[1])
+
+
+def enforce_budget(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    eps: float,
+    norm: str,
+    mask: Optional[torch.Tensor],
+    value_range: Optional[Tuple[float, float]],
+    max_rounds: int = 8,
+) -> torch.Tensor:
+    """Make the contract hold exactly despite floating-point rounding of ``x + delta``.
+
+    Outside ``mask`` the result equals ``x`` bit for bit; inside, ``||x_adv - x||`` (measured in float64)
+    is at most ``eps`` and every value lies in ``value_range``. Offending coordinates are moved toward ``x``
+    by one ulp (Linf) or the perturbation is shrunk (L2); the iterate is otherwise untouched.
+    """
+    if mask is not None:
+        x_adv = torch.where(mask > 0, x_adv, x)
+    x_adv = clip_to_range(x_adv, value_range)
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    for _ in range(max_rounds):
+        diff = x_adv.to(wide) - x.to(wide)
+        if norm == "Linf":
+            bad = diff.abs() > eps
+            if not bool(bad.any()):
+                break
+            x_adv = torch.where(bad, torch.nextafter(x_adv, x), x_adv)
+        else:
+            norms = _l2_norms(diff)
+            over = norms > eps
+            if not bool(over.any()):
+                break
+            shrink = torch.where(over, eps / norms * (1.0 - 1e-6), torch.ones_like(norms))
+            x_adv = clip_to_range((x.to(wide) + diff * _per_sample(shrink, x.ndim)).to(x.dtype), value_range)
+    return x_adv

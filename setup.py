@@ -1,0 +1,44 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "monai_adv" / "__init__.py").read_text(), re.M).group(1)
+
+setup(
+    name="monai-adv",
+    version=VERSION,
+    description="Adversarial attacks, defenses and robustness evaluation for medical image analysis with MONAI",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["monai_adv", "monai_adv.*"]),
+    include_package_data=True,
+    install_requires=[
+        # install the PyTorch build for your platform first; any torch that MONAI supports works
+        "torch>=2.0",
+        "numpy>=1.24",
+        "monai[fire,nibabel,itk,ignite]>=1.4",
+    ],
+    extras_require={
+        # torchattacks (the reference used by the tests) is installed separately with `--no-deps`:
+        # its metadata requires torchvision and an old `requests`, which the code it runs never imports,
+        # and resolving them would replace the platform's PyTorch build. See README "Tests".
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "scipy", "tqdm", "requests"],
+    },
+    entry_points={"console_scripts": ["monai-adv=monai_adv.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -142,7 +142,8 @@ def looks_like_probabilities(task: str, logits: torch.Tensor) -> bool:
         return False
     if task in ("classification", "segmentation") and logits.shape[1] > 1:
         return bool(torch.allclose(logits.sum(dim=1), torch.ones_like(logits[:, 0]), atol=1e-3))
-    return True
+    # sigmoid outputs: a handful of small logits can all fall in [0, 1] by chance, so ask for enough values
+    return logits.numel() >= 16
 
 
 class Objective:
@@ -201,7 +202,8 @@ class Objective:
 
     def loss(self, logits: torch.Tensor, idx) -> torch.Tensor:
         """Per-sample loss to ascend for the samples ``idx`` of the batch, given their logits."""
-        logits = logits.float()
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         labels = self.labels[idx]
         goal = self.targets[idx] if self.targeted else labels
         if self.loss_name == "cw":

@@ -35,7 +35,8 @@ def random_start(
 
     Each sample draws from its own generator, so its start does not depend on the rest of the batch.
     """
-    shape, opts = x.shape[1:], {"device": x.device, "dtype": torch.float32}
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    shape, opts = x.shape[1:], {"device": x.device, "dtype": dtype}
     if norm == "Linf":
         noise = torch.stack([torch.rand(shape, generator=g, **opts) for g in generators])
         delta = (2.0 * noise - 1.0) * eps
@@ -86,13 +87,13 @@ def enforce_budget(
     norm: str,
     mask: Optional[torch.Tensor],
     value_range: Optional[Tuple[float, float]],
-    max_rounds: int = 8,
+    max_rounds: int = 4,
 ) -> torch.Tensor:
     """Make the contract hold exactly despite floating-point rounding of ``x + delta``.
 
     Outside ``mask`` the result equals ``x`` bit for bit; inside, ``||x_adv - x||`` (measured in float64)
-    is at most ``eps`` and every value lies in ``value_range``. Offending coordinates are moved toward ``x``
-    by one ulp (Linf) or the perturbation is shrunk (L2); the iterate is otherwise untouched.
+    is at most ``eps`` and every value lies in ``value_range``. An offending perturbation is clipped
+    (Linf) or shrunk (L2) in float64 and rounded toward ``x``; conforming samples are returned untouched.
     """
     if mask is not None:
         x_adv = torch.where(mask > 0, x_adv, x)
@@ -101,15 +102,25 @@ def enforce_budget(
     for _ in range(max_rounds):
         diff = x_adv.to(wide) - x.to(wide)
         if norm == "Linf":
-            bad = diff.abs() > eps
-            if not bool(bad.any()):
+            if not bool((diff.abs() > eps).any()):
                 break
-            x_adv = torch.where(bad, torch.nextafter(x_adv, x), x_adv)
+            diff = diff.clamp(-eps, eps)
         else:
             norms = _l2_norms(diff)
             over = norms > eps
             if not bool(over.any()):
                 break
-            shrink = torch.where(over, eps / norms * (1.0 - 1e-6), torch.ones_like(norms))
-            x_adv = clip_to_range((x.to(wide) + diff * _per_sample(shrink, x.ndim)).to(x.dtype), value_range)
+            diff = diff * _per_sample(torch.where(over, eps / norms * (1.0 - 1e-6), torch.ones_like(norms)), x.ndim)
+        x_adv = clip_to_range(_round_toward(x, diff), value_range)
     return x_adv
+
+
+def _round_toward(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``x + delta`` (delta in a wider dtype) cast to x's dtype, rounding each coordinate toward ``x``.
+
+    Then no coordinate of the result is farther from ``x`` than the exact ``delta`` asks.
+    """
+    exact = x.to(delta.dtype) + delta
+    cast = exact.to(x.dtype)
+    away = (cast.to(delta.dtype) - x.to(delta.dtype)).abs() > delta.abs()
+    return torch.where(away, torch.nextafter(cast, x), cast)

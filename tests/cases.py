@@ -1,0 +1,132 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Hypothesis strategies: random attack problems over tasks, spatial dims, norms, budgets, ranges and masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import nn
+
+from tests.models import TinyClassifier, TinySegmenter
+
+SPATIAL = {1: (16,), 2: (8, 8), 3: (6, 6, 6)}
+TASKS = ("classification", "binary", "multilabel", "segmentation", "segmentation_binary")
+LOSSES = {
+    "classification": ("ce", "cw", "dlr"),
+    "binary": ("ce", "cw"),
+    "multilabel": ("ce", "cw"),
+    "segmentation": ("ce", "cw", "dice"),
+    "segmentation_binary": ("ce", "cw", "dice"),
+}
+
+
+@dataclass
+class Problem:
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: Optional[torch.Tensor]
+    attack: str
+    kwargs: Dict[str, Any]
+    value_range: Optional[Tuple[float, float]]
+
+
+def build_model(task: str, dims: int, channels: int) -> Tuple[nn.Module, int]:
+    if task == "classification":
+        return TinyClassifier(dims, channels, 3), 3
+    if task == "binary":
+        return TinyClassifier(dims, channels, 1), 1
+    if task == "multilabel":
+        return TinyClassifier(dims, channels, 4), 4
+    k = 3 if task == "segmentation" else 1
+    return TinySegmenter(dims, channels, k), k
+
+
+def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Generator, one_hot: bool) -> torch.Tensor:
+    if task == "classification":
+        return torch.randint(0, k, (n,), generator=g)
+    if task == "binary":
+        return torch.randint(0, 2, (n,), generator=g)
+    if task == "multilabel":
+        return torch.randint(0, 2, (n, k), generator=g).float()
+    labels = torch.randint(0, max(k, 2), (n, 1, *spatial), generator=g)
+    if one_hot and k > 1:
+        return F.one_hot(labels[:, 0], k).movedim(-1, 1).float()
+    return labels
+
+
+@st.composite
+def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw")) -> Problem:
+    dims = draw(st.integers(1, 3))
+    task = draw(st.sampled_from(TASKS))
+    attack = draw(st.sampled_from(attacks))
+    norm = draw(st.sampled_from(["Linf", "L2"]))
+    eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
+    value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
+    channels = draw(st.integers(1, 2))
+    n = draw(st.integers(1, 3))
+    use_mask = draw(st.booleans())
+    train_mode = draw(st.booleans())
+    data_seed = draw(st.integers(0, 10_000))
+    seed = draw(st.integers(0, 2**31 - 1))
+    spatial = SPATIAL[dims]
+
+    torch.manual_seed(data_seed)
+    model, k = build_model(task, dims, channels)
+    model = model.to(dtype).train(train_mode)
+    g = torch.Generator().manual_seed(data_seed)
+    if value_range is None:
+        x = 40.0 * torch.randn(n, channels, *spatial, generator=g)  # unbounded, e.g. CT-like intensities
+    else:
+        lo, hi = value_range
+        x = lo + (hi - lo) * torch.rand(n, channels, *spatial, generator=g)
+    x = x.to(dtype)
+    y = make_labels(task, n, k, spatial, g, one_hot=draw(st.booleans()))
+    mask = None
+    if use_mask:
+        shape = draw(st.sampled_from([(n, 1, *spatial), (1, 1, *spatial), (n, channels, *spatial), (1, *spatial)]))
+        mask = (torch.rand(shape, generator=g) > 0.5).float()
+
+    kwargs: Dict[str, Any] = {"eps": eps, "norm": norm, "value_range": value_range, "seed": seed}
+    if attack != "cw":
+        kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
+    if attack != "fgsm":
+        kwargs["steps"] = draw(st.integers(1, 3))
+        kwargs["early_stop"] = draw(st.booleans())
+        kwargs["best_iterate"] = draw(st.booleans())
+    if attack == "pgd":
+        kwargs["restarts"] = draw(st.integers(1, 2))
+    kwargs["random_start"] = attack == "pgd" or draw(st.booleans())
+    return Problem(model, x, y, mask, attack, kwargs, value_range)
+
+
+def snapshot(model: nn.Module) -> Dict[str, Any]:
+    """Everything an attack must leave untouched: state, training flags, requires_grad flags and .grad fields."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def same_snapshot(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    if a["training"] != b["training"] or a["requires_grad"] != b["requires_grad"]:
+        return False
+    if a["state"].keys() != b["state"].keys():
+        return False
+    if not all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"]):
+        return False
+    return all(
+        (g1 is None and g2 is None) or (g1 is not None and g2 is not None and torch.equal(g1, g2))
+        for g1, g2 in zip(a["grad"], b["grad"])
+    )

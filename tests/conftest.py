@@ -27,6 +27,7 @@ def trained_bars():
     """A small CNN trained on the synthetic bar images: (model, x_test, y_test), clean test accuracy >= 0.95."""
     x_train, y_train = bars_dataset(1024, seed=0)
     x_test, y_test = bars_dataset(256, seed=1)
+    torch.manual_seed(0)
     model = train_classifier(TinyClassifier(2, 1, 3, width=8), x_train, y_train, epochs=15)
     assert accuracy(model, x_test, y_test) >= 0.95
     return model, x_test, y_test

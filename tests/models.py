@@ -75,7 +75,7 @@ def bars_dataset(n: int, size: int = 16, seed: int = 0) -> Tuple[torch.Tensor, t
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30, seed: int = 0) -> nn.Module:
-    """Full-batch-shuffled Adam training; returns the model in eval mode."""
+    """Shuffled mini-batch Adam training; returns the model in eval mode. Seed the model's init yourself."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()

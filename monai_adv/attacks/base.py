@@ -239,14 +239,15 @@ class Attack:
 
     def input_gradient(self, loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Gradient of the summed per-sample loss with respect to the input only (never the parameters)."""
+        message = (
+            "The model's output is not differentiable with respect to its input: is it run under "
+            "torch.no_grad() or does it detach its input? Attacks need input gradients."
+        )
         if not loss.requires_grad:
-            raise RuntimeError(
-                "The model's output is not differentiable with respect to its input: is it run under "
-                "torch.no_grad() or does it detach its input? Attacks need input gradients."
-            )
+            raise RuntimeError(message)
         (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
         if grad is None:
-            raise RuntimeError("The model's output does not depend on its input through autograd.")
+            raise RuntimeError(message)
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def generators(self, state: AttackState, idx: torch.Tensor, stream: int) -> List[torch.Generator]:

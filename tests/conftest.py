@@ -14,7 +14,7 @@ from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifie
 
 # "ci" keeps the default run short; HYPOTHESIS_PROFILE=thorough explores more examples.
 settings.register_profile(
-    "ci", max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -53,6 +53,17 @@ class TinySegmenter(nn.Module):
         return self.net(x)
 
 
+class PerSample(nn.Module):
+    """Runs the wrapped model on one sample at a time, so its arithmetic cannot depend on the batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
+
+
 def bars_dataset(n: int, size: int = 16, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 1, size, size) in [0, 1] of a faint bar: class 0 horizontal, 1 vertical, 2 diagonal, in noise."""
     g = torch.Generator().manual_seed(seed)

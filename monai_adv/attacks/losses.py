@@ -46,13 +46,20 @@ def _other_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1), true
 
 
+def _sample_sum(values: torch.Tensor, dims) -> torch.Tensor:
+    """Sum over ``dims`` accumulated in float64, so that a sample's value does not depend on its batch."""
+    if values.device.type == "mps":  # no float64 there
+        return values.sum(dim=dims)
+    return values.sum(dim=dims, dtype=torch.float64).to(values.dtype)
+
+
 def _masked_voxel_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over all but the first dim of ``values`` (N, *spatial), restricted to ``mask`` if given."""
     flat = values.flatten(1)
     if mask is None:
-        return flat.mean(dim=1)
+        return _sample_sum(flat, 1) / flat.shape[1]
     weights = mask.reshape(values.shape).to(values.dtype).flatten(1)
-    return (flat * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    return _sample_sum(flat * weights, 1) / _sample_sum(weights, 1).clamp_min(1.0)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -114,7 +121,7 @@ def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
 def multilabel_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sample binary cross-entropy averaged over the K labels of multi-label logits (N, K)."""
     bce = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
-    return bce.mean(dim=1)
+    return _sample_sum(bce, 1) / bce.shape[1]
 
 
 def multilabel_margin(
@@ -187,7 +194,7 @@ def soft_dice_loss(
         weights = mask.reshape(labels.shape).unsqueeze(1).to(logits.dtype)
         probs, onehot = probs * weights, onehot * weights
     dims = tuple(range(2, logits.ndim))
-    intersection = (probs * onehot).sum(dim=dims)
-    denominator = probs.sum(dim=dims) + onehot.sum(dim=dims)
+    intersection = _sample_sum(probs * onehot, dims)
+    denominator = _sample_sum(probs, dims) + _sample_sum(onehot, dims)
     dice = (2.0 * intersection + smooth) / (denominator + smooth)
     return 1.0 - dice.mean(dim=1)

@@ -25,7 +25,10 @@ def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _l2_norms(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(p=2, dim=1)
+    """Per-sample L2 norms, accumulated in float64 so that they do not depend on the batch's reduction order."""
+    if t.device.type == "mps":  # no float64 there
+        return torch.linalg.vector_norm(t.flatten(1), dim=1)
+    return torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64).to(t.dtype)
 
 
 def random_start(

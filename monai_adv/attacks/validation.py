@@ -105,11 +105,12 @@ def check_input(x: Any, value_range: Optional[Tuple[float, float]]) -> torch.Ten
         )
     if x.shape[0] == 0:
         return x
-    if not bool(torch.isfinite(x).all()):
+    values = x.detach()
+    if not bool(torch.isfinite(values).all()):
         raise ValueError("`x` contains NaN or Inf values.")
     if value_range is not None:
         lo, hi = value_range
-        x_min, x_max = float(x.min()), float(x.max())
+        x_min, x_max = float(values.min()), float(values.max())
         if x_min < lo or x_max > hi:
             raise ValueError(
                 f"`x` has values in [{x_min:.6g}, {x_max:.6g}], outside `value_range`=({lo:g}, {hi:g}); "

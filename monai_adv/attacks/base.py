@@ -88,7 +88,7 @@ class BestIterate:
     def __init__(self, x: torch.Tensor, clean_success: torch.Tensor) -> None:
         self.x = x.clone()
         self.success = clean_success.clone()
-        self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        self.loss = torch.full((x.shape[0],), float("-inf"), dtype=torch.float64, device=x.device)
 
     def update(self, idx: torch.Tensor, x_new: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
         """Offer new points for the samples ``idx`` of the batch."""

@@ -110,7 +110,7 @@ class PGD(Attack):
 
     def _perturb(self, state: AttackState):
         if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss
+            return state.x, state.clean_success, state.clean_loss.double()
         n, device = state.x.shape[0], state.x.device
         best = BestIterate(state.x, state.clean_success)
         todo = torch.arange(n, device=device)

@@ -8,7 +8,7 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 
 from monai_adv.attacks import make_attack
 from monai_adv.attacks.projections import random_start
@@ -103,3 +103,11 @@ def test_random_starts_are_drawn_per_sample(norm):
     other_seed = random_start(x, 0.1, norm, None, sample_generators(keys, 8, 0, x.device))
     other_stream = random_start(x, 0.1, norm, None, sample_generators(keys, 7, 1, x.device))
     assert not torch.equal(batch, other_seed) and not torch.equal(batch, other_stream)
+
+
+@pytest.mark.slow
+@settings(max_examples=2000)
+@given(problems())
+def test_budget_range_mask_and_type_thorough(p):
+    """The same contract over many more random problems (run with `pytest -m slow`)."""
+    test_budget_range_mask_and_type.hypothesis.inner_test(p)

@@ -65,10 +65,11 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 
 
 @st.composite
-def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw")) -> Problem:
+def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t")) -> Problem:
     dims = draw(st.integers(1, 3))
-    task = draw(st.sampled_from(TASKS))
     attack = draw(st.sampled_from(attacks))
+    # APGD-T is defined for classification only
+    task = draw(st.sampled_from(TASKS if attack != "apgd_t" else ("classification", "binary")))
     norm = draw(st.sampled_from(["Linf", "L2"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
     value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
@@ -100,12 +101,15 @@ def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "
     if attack != "cw":
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
     if attack != "fgsm":
-        kwargs["steps"] = draw(st.integers(1, 3))
+        kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))
         kwargs["early_stop"] = draw(st.booleans())
-        kwargs["best_iterate"] = draw(st.booleans())
-    if attack == "pgd":
+    if attack in ("pgd", "apgd", "apgd_t"):
         kwargs["restarts"] = draw(st.integers(1, 2))
-    kwargs["random_start"] = attack == "pgd" or draw(st.booleans())
+    if attack in ("fgsm", "pgd", "cw"):
+        kwargs["best_iterate"] = draw(st.booleans())
+        kwargs["random_start"] = attack == "pgd" or draw(st.booleans())
+    if attack == "apgd_t":
+        kwargs["target_classes"] = draw(st.integers(1, 3))
     return Problem(model, x, y, mask, attack, kwargs, value_range)
 
 

@@ -31,3 +31,14 @@ def trained_bars():
     model = train_classifier(TinyClassifier(2, 1, 3, width=8), x_train, y_train, epochs=15)
     assert accuracy(model, x_test, y_test) >= 0.95
     return model, x_test, y_test
+
+
+@pytest.fixture(scope="session")
+def trained_bars4():
+    """The same small CNN trained on four bar orientations (enough classes for the targeted DLR loss)."""
+    x_train, y_train = bars_dataset(1024, seed=0, classes=4)
+    x_test, y_test = bars_dataset(256, seed=1, classes=4)
+    torch.manual_seed(0)
+    model = train_classifier(TinyClassifier(2, 1, 4, width=8), x_train, y_train, epochs=15)
+    assert accuracy(model, x_test, y_test) >= 0.95
+    return model, x_test, y_test

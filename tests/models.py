@@ -64,10 +64,13 @@ class PerSample(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
 
 
-def bars_dataset(n: int, size: int = 16, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images (n, 1, size, size) in [0, 1] of a faint bar: class 0 horizontal, 1 vertical, 2 diagonal, in noise."""
+def bars_dataset(n: int, size: int = 16, seed: int = 0, classes: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 1, size, size) in [0, 1] of a faint bar in noise.
+
+    Class 0 horizontal, 1 vertical, 2 diagonal, 3 (when ``classes`` is 4) anti-diagonal.
+    """
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (n,), generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
     images = 0.35 + 0.15 * torch.rand(n, 1, size, size, generator=g)
     idx = torch.arange(size)
     for i in range(n):
@@ -80,6 +83,8 @@ def bars_dataset(n: int, size: int = 16, seed: int = 0) -> Tuple[torch.Tensor, t
         else:
             shift = pos - size // 2
             cols = (idx + shift).clamp(0, size - 1)
+            if labels[i] == 3:
+                cols = cols.flip(0)
             images[i, 0, idx, cols] += contrast
             images[i, 0, idx, (cols + 1).clamp(max=size - 1)] += contrast
     return images.clamp(0, 1), labels

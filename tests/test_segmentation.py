@@ -13,7 +13,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from monai_adv.attacks import CW, PGD, InfererModel
+from monai_adv.attacks import APGD, CW, PGD, InfererModel
 from monai_adv.attacks.objective import hard_dice
 
 
@@ -51,14 +51,14 @@ def _dice(net, x, labels):
         return hard_dice(net(x).argmax(1), labels[:, 0], 2)
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice"])
-def test_pgd_lowers_dice_of_3d_unet(unet3d, loss):
+@pytest.mark.parametrize("attack_cls,loss", [(PGD, "ce"), (PGD, "dice"), (APGD, "ce"), (APGD, "dice")])
+def test_attack_lowers_dice_of_3d_unet(unet3d, attack_cls, loss):
     x, labels = spheres(2, seed=5)  # (2, 1, 32, 32, 32)
     clean = _dice(unet3d, x, labels)
     assert (clean > 0.8).all(), f"the UNet should segment the spheres, clean Dice {clean}"
-    result = PGD(unet3d, eps=8 / 255, steps=10, loss=loss).perturb(x, labels)
+    result = attack_cls(unet3d, eps=8 / 255, steps=10, loss=loss).perturb(x, labels)
     adv = _dice(unet3d, result.x_adv, labels)
-    print(f"3D UNet PGD-10 ({loss}) eps 8/255: Dice {clean.tolist()} -> {adv.tolist()}")
+    print(f"3D UNet {attack_cls.__name__}-10 ({loss}) eps 8/255: Dice {clean.tolist()} -> {adv.tolist()}")
     assert (adv < clean - 0.1).all()
     assert result.task == "segmentation"
 

@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from monai_adv.attacks import CW, FGSM, PGD
+from monai_adv.attacks import APGD, CW, FGSM, PGD
 from tests.models import TinyClassifier
 
 
@@ -105,7 +105,11 @@ def test_multilabel_attack_flips_labels():
     model.eval()
     with torch.no_grad():
         exact = ((model(x) > 0).float() == y).all(1).float().mean()
-    for attack in (PGD(model, eps=8 / 255, steps=10), CW(model, eps=8 / 255, steps=10)):
+    for attack in (
+        PGD(model, eps=8 / 255, steps=10),
+        CW(model, eps=8 / 255, steps=10),
+        APGD(model, eps=8 / 255, steps=10),
+    ):
         result = attack.perturb(x, y)
         assert result.task == "multilabel"
         with torch.no_grad():

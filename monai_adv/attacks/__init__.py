@@ -10,6 +10,7 @@ Pure PyTorch: nothing here imports MONAI or ignite.
 """
 
 from monai_adv.attacks import losses
+from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack, AttackResult
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fgsm import FGSM
@@ -24,6 +25,8 @@ from monai_adv.attacks.registry import (
 )
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "Attack",
     "AttackResult",
     "CW",

@@ -218,6 +218,10 @@ class Attack:
         """Whether the clean forward pass should keep its graph (when the first step starts at the clean input)."""
         return False
 
+    def _objective_loss(self, num_classes: int) -> str:
+        """The loss of the batch's objective, given the model's number of outputs (a hook for substitutions)."""
+        return self.loss
+
     def _perturb(self, state: AttackState):
         """Return ``(x_adv, success or None, loss or None)`` for the prepared batch."""
         raise NotImplementedError
@@ -280,7 +284,8 @@ class Attack:
         elif isinstance(self.targeted, str):
             gens = sample_generators(keys, seed, TARGET_STREAM, x.device) if self.targeted == "random" else []
             targets = choose_targets(self.targeted, task, labels, detached, gens)
-        objective = Objective(task, self.loss, labels, targets, detached, self.kappa, self.seg_success_ratio)
+        loss = self._objective_loss(detached.shape[1])
+        objective = Objective(task, loss, labels, targets, detached, self.kappa, self.seg_success_ratio)
         everyone = slice(None)
         with torch.no_grad():
             clean_loss = objective.loss(detached, everyone)

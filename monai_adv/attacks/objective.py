@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -185,6 +186,7 @@ class Objective:
         self.task, self.loss_name = task, loss
         self.labels, self.targets = labels, targets
         self.targeted = targets is not None
+        self.loss_targets: Optional[torch.Tensor] = None
         self.kappa, self.ratio = kappa, seg_success_ratio
         self.num_classes = clean_logits.shape[1]
         self._check_loss()
@@ -197,9 +199,9 @@ class Objective:
             choices = TASK_LOSSES[self.task]
             raise ValueError(f"`loss`={self.loss_name!r} does not apply to {self.task}; use one of {choices}.")
         if self.loss_name == "dlr":
-            needed = 4 if self.targeted else 3
+            needed = 4 if (self.targeted or self.loss_targets is not None) else 3
             if self.num_classes < needed:
-                kind = "targeted DLR" if self.targeted else "DLR"
+                kind = "targeted DLR" if needed == 4 else "DLR"
                 raise ValueError(
                     f'`loss`="dlr": {kind} needs at least {needed} classes, the model outputs {self.num_classes}; '
                     'use loss="ce" or loss="cw".'
@@ -210,26 +212,40 @@ class Objective:
             return 1.0 - hard_dice(pred, self.targets[idx], self.num_classes)
         return hard_dice(pred, self.labels[idx], self.num_classes)
 
+    def with_loss_targets(self, loss_targets: torch.Tensor, loss: Optional[str] = None) -> Objective:
+        """A copy whose loss pulls towards ``loss_targets`` while success stays this objective's goal.
+
+        This is APGD-T's objective (Croce & Hein 2020): a targeted loss, an untargeted success criterion.
+        """
+        other = copy.copy(self)
+        other.loss_targets = loss_targets
+        if loss is not None:
+            other.loss_name = loss
+        other._check_loss()
+        return other
+
     def loss(self, logits: torch.Tensor, idx) -> torch.Tensor:
         """Per-sample loss to ascend for the samples ``idx`` of the batch, given their logits."""
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         labels = self.labels[idx]
-        goal = self.targets[idx] if self.targeted else labels
+        pull = self.loss_targets if self.loss_targets is not None else self.targets
+        targeted = pull is not None
+        goal = pull[idx] if targeted else labels
         if self.loss_name == "cw":
             margin = {"classification": L.cw_margin, "multilabel": L.multilabel_margin}.get(
                 self.task, L.segmentation_margin
             )
-            return margin(logits, goal, self.kappa, targeted=self.targeted)
+            return margin(logits, goal, self.kappa, targeted=targeted)
         if self.loss_name == "dlr":
-            return L.targeted_dlr(logits, labels, goal) if self.targeted else L.dlr(logits, labels)
+            return L.targeted_dlr(logits, labels, goal) if targeted else L.dlr(logits, labels)
         if self.loss_name == "dice":
             value = L.soft_dice_loss(logits, goal)
         else:
             ce = {"classification": L.cross_entropy, "multilabel": L.multilabel_bce}
             value = ce.get(self.task, L.segmentation_cross_entropy)(logits, goal)
         # targeted: descend the loss towards the target
-        return -value if self.targeted else value
+        return -value if targeted else value
 
     def success(self, logits: torch.Tensor, idx) -> torch.Tensor:
         """Per-sample bool: whether the logits of the samples ``idx`` satisfy the attack's goal."""

@@ -12,11 +12,11 @@ Every function works per sample on batches (N, C, *spatial) with any number of s
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["random_start", "ascent_step", "project", "clip_to_range", "enforce_budget"]
+__all__ = ["random_start", "boundary_start", "ascent_step", "project", "clip_to_range", "enforce_budget"]
 
 
 def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -61,8 +61,35 @@ def random_start(
     return (delta * _per_sample(radius, x.ndim)).to(x.dtype)
 
 
-def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
-    """One steepest-ascent step: ``alpha * sign(grad)`` (Linf) or ``alpha * grad / ||grad||_2`` (L2)."""
+def boundary_start(
+    x: torch.Tensor, eps: float, norm: str, mask: Optional[torch.Tensor], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """A random perturbation per sample on the surface of the eps-ball, as APGD starts (Croce & Hein 2020).
+
+    Linf: U(-1, 1) noise scaled so that its largest coordinate is ``eps``; L2: a Gaussian direction of norm ``eps``.
+    """
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    opts = {"device": x.device, "dtype": dtype}
+    if norm == "Linf":
+        noise = torch.stack([2.0 * torch.rand(x.shape[1:], generator=g, **opts) - 1.0 for g in generators])
+    else:
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, **opts) for g in generators])
+    if mask is not None:
+        noise = noise * mask
+    if norm == "Linf":
+        scale = noise.flatten(1).abs().amax(dim=1)
+    else:
+        scale = _l2_norms(noise)
+    return (eps * noise / _per_sample(scale.clamp_min(1e-12), x.ndim)).to(x.dtype)
+
+
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: Union[float, torch.Tensor], norm: str) -> torch.Tensor:
+    """One steepest-ascent step: ``alpha * sign(grad)`` (Linf) or ``alpha * grad / ||grad||_2`` (L2).
+
+    ``alpha`` is a number, or a tensor (N,) of per-sample step sizes.
+    """
+    if isinstance(alpha, torch.Tensor):
+        alpha = _per_sample(alpha.to(x_adv.dtype), x_adv.ndim)
     if norm == "Linf":
         return x_adv + alpha * grad.sign()
     return x_adv + alpha * grad / (_per_sample(_l2_norms(grad), grad.ndim) + 1e-10)

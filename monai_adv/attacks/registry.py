@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Tuple, Type
 
+from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fgsm import FGSM
@@ -82,3 +83,7 @@ register_attack("pgd", PGD)
 register_attack("pgd_linf", PGD, norm="Linf")
 register_attack("pgd_l2", PGD, norm="L2")
 register_attack("cw", CW)
+register_attack("apgd", APGD)
+register_attack("apgd_ce", APGD, loss="ce")
+register_attack("apgd_dlr", APGD, loss="dlr")
+register_attack("apgd_t", APGDT)

@@ -1,0 +1,298 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Auto-PGD (Croce & Hein 2020): step-size free PGD with momentum, L-inf and L2, untargeted and targeted."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.objective import Objective
+from monai_adv.attacks.projections import ascent_step, boundary_start, clip_to_range, project
+from monai_adv.attacks.validation import check_int, check_positive
+
+__all__ = ["APGD", "APGDT", "apgd_checkpoints"]
+
+
+def apgd_checkpoints(steps: int) -> List[int]:
+    """Iteration counts after which APGD checks its step size.
+
+    The first check comes after ``0.22 * steps`` iterations; each later interval is ``0.03 * steps`` shorter
+    than the previous one, but never shorter than ``0.06 * steps`` (each at least one iteration).
+    """
+    first, decrease, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    points, interval, done = [], first, first
+    while done <= steps:
+        points.append(done)
+        interval = max(interval - decrease, shortest)
+        done += interval
+    return points
+
+
+class APGD(Attack):
+    """Auto-PGD: PGD whose step size adapts per sample, with momentum 0.75.
+
+    Each sample starts at a random point on the surface of the eps-ball with step size ``2 * eps``. At the
+    checkpoints of :func:`apgd_checkpoints` the step size of a sample is halved, and the sample restarts from
+    its highest-loss point, when fewer than ``rho`` of the steps since the last checkpoint increased its
+    loss, or when its step size was not reduced at the last checkpoint and its best loss did not improve
+    since. Restarts run only on the samples not yet fooled (with ``early_stop``), and every sample returns
+    its best point (one that fools, else the highest loss).
+
+    Args:
+        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
+        eps: budget (>= 0).
+        steps: iterations per restart (100 in the standard AutoAttack).
+        norm: "Linf" or "L2".
+        loss: "ce", "dlr" (classification, >= 3 classes), "cw", or "dice" (segmentation).
+        value_range: ``(lo, hi)`` or None.
+        restarts: number of random restarts.
+        rho: the fraction of loss-increasing steps below which the step size is halved.
+        targeted: False, True (``target=`` at call time), "least_likely" or "random".
+        task: "auto", "classification", "multilabel" or "segmentation".
+        kappa: confidence cap of the "cw" loss.
+        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
+        early_stop: stop attacking a sample once it is fooled, and skip samples misclassified clean.
+        seed: seed of the per-sample random starts.
+
+    Example::
+
+        x_adv = APGD(model, eps=8 / 255, loss="dlr")(x, y)       # APGD-DLR
+        x_adv = APGD(model, eps=0.5, norm="L2", steps=50)(x, y)  # APGD-CE in L2
+    """
+
+    name = "apgd"
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        eps: float = 8 / 255,
+        steps: int = 100,
+        norm: str = "Linf",
+        loss: str = "ce",
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        restarts: int = 1,
+        rho: float = 0.75,
+        targeted: Union[bool, str] = False,
+        task: str = "auto",
+        kappa: float = 0.0,
+        seg_success_ratio: float = 0.5,
+        early_stop: bool = True,
+        seed: Optional[int] = 0,
+    ) -> None:
+        super().__init__(
+            model,
+            eps=eps,
+            norm=norm,
+            loss=loss,
+            value_range=value_range,
+            targeted=targeted,
+            task=task,
+            kappa=kappa,
+            seg_success_ratio=seg_success_ratio,
+            early_stop=early_stop,
+            seed=seed,
+        )
+        self.steps = check_int(steps, "steps")
+        self.restarts = check_int(restarts, "restarts")
+        self.rho = check_positive(rho, "rho")
+        if self.rho > 1:
+            raise ValueError(f"`rho` must be in (0, 1], got {rho}.")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(eps={self.eps:g}, steps={self.steps}, norm={self.norm!r}, loss={self.loss!r}, "
+            f"restarts={self.restarts})"
+        )
+
+    def _perturb(self, state: AttackState):
+        if self.eps == 0:
+            return state.x, state.clean_success, state.clean_loss.double()
+        best = BestIterate(state.x, state.clean_success)
+        self._restarts(state, state.objective, torch.arange(state.x.shape[0], device=state.x.device), best, 0)
+        return best.x, best.success, best.loss
+
+    def _restarts(self, state: AttackState, objective: Objective, todo: torch.Tensor, best: BestIterate, stream: int):
+        """Run the restarts on the samples ``todo`` (only those not yet fooled, with ``early_stop``)."""
+        for restart in range(self.restarts):
+            if self.early_stop:
+                todo = todo[~best.success[todo]]
+            if todo.numel() == 0:
+                return
+            self._run(state, objective, todo, stream + restart, best)
+
+    def _project(self, x0: torch.Tensor, x_new: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        delta = project(x_new - x0, self.eps, self.norm)
+        if mask is not None:
+            delta = delta * mask
+        return clip_to_range(x0 + delta, self.value_range)
+
+    def _evaluate(self, objective: Objective, x_adv: torch.Tensor, idx: torch.Tensor):
+        """Loss, success and input gradient at ``x_adv`` for the samples ``idx``: one forward and one backward."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = self.forward(x_adv)
+        loss = objective.loss(logits, idx)
+        grad = self.input_gradient(loss, x_adv)
+        with torch.no_grad():
+            success = objective.success(logits.detach(), idx)
+        return loss.detach().double(), success, grad
+
+    def _run(self, state: AttackState, objective: Objective, idx: torch.Tensor, stream: int, best: BestIterate):
+        """One APGD run on the samples ``idx``, offering every iterate to ``best``."""
+        x0 = state.x[idx]
+        mask = None if state.mask is None else state.mask[idx]
+        start = boundary_start(x0, self.eps, self.norm, mask, self.generators(state, idx, stream))
+        x_adv = clip_to_range(x0 + start, self.value_range)
+        loss, success, grad = self._evaluate(objective, x_adv, idx)
+        best.update(idx, x_adv, loss, success)
+
+        n = idx.numel()
+        s: Dict[str, Optional[torch.Tensor]] = {
+            "idx": idx,
+            "x0": x0,
+            "mask": mask,
+            "x_adv": x_adv,
+            "x_prev": x_adv.clone(),
+            "grad": grad,
+            "x_best": x_adv.clone(),
+            "grad_best": grad.clone(),
+            "loss_best": loss.clone(),
+            "loss_best_last": loss.clone(),
+            "reduced_last": torch.ones(n, dtype=torch.bool, device=x0.device),
+            "step": torch.full((n,), 2.0 * self.eps, dtype=torch.float64, device=x0.device),
+            "history": torch.zeros(n, self.steps + 1, dtype=torch.float64, device=x0.device),
+        }
+        s["history"][:, 0] = loss
+        if self.early_stop:
+            s = _keep(s, ~success)
+        checkpoints = apgd_checkpoints(self.steps)
+        last_check = 0
+        for i in range(self.steps):
+            if s["idx"].numel() == 0:
+                return
+            with torch.no_grad():
+                momentum = 1.0 if i == 0 else 0.75
+                x_cur, grad = s["x_adv"], s["grad"] if s["mask"] is None else s["grad"] * s["mask"]
+                z = self._project(s["x0"], ascent_step(x_cur, grad, s["step"], self.norm), s["mask"])
+                x_new = x_cur + momentum * (z - x_cur) + (1.0 - momentum) * (x_cur - s["x_prev"])
+                s["x_prev"], s["x_adv"] = x_cur, self._project(s["x0"], x_new, s["mask"])
+            loss, success, s["grad"] = self._evaluate(objective, s["x_adv"], s["idx"])
+            best.update(s["idx"], s["x_adv"], loss, success)
+            with torch.no_grad():
+                improved = loss > s["loss_best"]
+                s["x_best"][improved] = s["x_adv"][improved]
+                s["grad_best"][improved] = s["grad"][improved]
+                s["loss_best"] = torch.where(improved, loss, s["loss_best"])
+                s["history"][:, i + 1] = loss
+                if i + 1 in checkpoints:
+                    self._check_step_size(s, i + 1, i + 1 - last_check)
+                    last_check = i + 1
+            if self.early_stop and bool(success.any()):
+                s = _keep(s, ~success)
+
+    def _check_step_size(self, s: Dict[str, Optional[torch.Tensor]], done: int, interval: int) -> None:
+        """At a checkpoint after ``done`` iterations, halve the step of the stalling samples and restart them."""
+        history = s["history"]
+        increases = (history[:, done - interval + 1 : done + 1] > history[:, done - interval : done]).sum(dim=1)
+        oscillating = increases <= self.rho * interval
+        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+        reduce = oscillating | stalled
+        s["reduced_last"], s["loss_best_last"] = reduce, s["loss_best"].clone()
+        if bool(reduce.any()):
+            s["step"] = torch.where(reduce, s["step"] / 2.0, s["step"])
+            s["x_adv"][reduce] = s["x_best"][reduce]
+            s["grad"][reduce] = s["grad_best"][reduce]
+
+
+def _keep(state: Dict[str, Optional[torch.Tensor]], keep: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+    """Drop the samples where ``keep`` is False from every per-sample tensor of an APGD run."""
+    if bool(keep.all()):
+        return state
+    return {k: None if v is None else v[keep] for k, v in state.items()}
+
+
+class APGDT(APGD):
+    """Targeted APGD as in AutoAttack (APGD-T): for each of the ``target_classes`` most likely other classes,
+    run APGD on the targeted DLR loss towards that class, on the samples not yet misclassified.
+
+    Success stays untargeted (any misclassification counts), as in AutoAttack. Classification only. The
+    targeted DLR loss needs at least 4 classes; with fewer, the targeted CW margin replaces it and
+    ``substitute_loss`` says so (``None`` when no substitution happened).
+
+    Args:
+        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
+        eps: budget (>= 0).
+        steps: iterations per target class and restart.
+        norm: "Linf" or "L2".
+        target_classes: how many target classes to try (default 9), capped at classes - 1.
+        loss: "dlr" (targeted DLR, default), "ce" or "cw", pulled towards each target.
+        value_range: ``(lo, hi)`` or None.
+        restarts: restarts per target class.
+        rho: see :class:`APGD`.
+        kappa: confidence cap of the "cw" loss.
+        early_stop: stop attacking a sample once it is misclassified.
+        seed: seed of the per-sample random starts.
+    """
+
+    name = "apgd_t"
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        eps: float = 8 / 255,
+        steps: int = 100,
+        norm: str = "Linf",
+        target_classes: int = 9,
+        loss: str = "dlr",
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        restarts: int = 1,
+        rho: float = 0.75,
+        kappa: float = 0.0,
+        early_stop: bool = True,
+        seed: Optional[int] = 0,
+    ) -> None:
+        super().__init__(
+            model,
+            eps=eps,
+            steps=steps,
+            norm=norm,
+            loss=loss,
+            value_range=value_range,
+            restarts=restarts,
+            rho=rho,
+            task="classification",
+            kappa=kappa,
+            early_stop=early_stop,
+            seed=seed,
+        )
+        self.target_classes = check_int(target_classes, "target_classes")
+        self.substitute_loss: Optional[str] = None
+
+    def _objective_loss(self, num_classes: int) -> str:
+        # the targeted DLR loss needs 4 classes: below, pull with the targeted CW margin and say so
+        self.substitute_loss = "cw" if self.loss == "dlr" and max(num_classes, 2) < 4 else None
+        return self.substitute_loss or self.loss
+
+    def _perturb(self, state: AttackState):
+        if self.eps == 0:
+            return state.x, state.clean_success, state.clean_loss.double()
+        objective = state.objective
+        num_classes = max(objective.num_classes, 2)
+        loss = objective.loss_name
+        # rank the other classes by their clean logit, most likely first
+        logits = state.clean_logits.detach().float()
+        if logits.shape[1] == 1:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        ranked = logits.scatter(1, objective.labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+        best = BestIterate(state.x, state.clean_success)
+        everyone = torch.arange(state.x.shape[0], device=state.x.device)
+        for rank in range(min(self.target_classes, num_classes - 1)):
+            pulled = objective.with_loss_targets(ranked[:, rank], loss=loss)
+            self._restarts(state, pulled, everyone, best, stream=rank * self.restarts)
+        return best.x, best.success, best.loss

@@ -65,12 +65,14 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 
 
 @st.composite
-def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t")) -> Problem:
+def problems(
+    draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "square")
+) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
     # APGD-T is defined for classification only
     task = draw(st.sampled_from(TASKS if attack != "apgd_t" else ("classification", "binary")))
-    norm = draw(st.sampled_from(["Linf", "L2"]))
+    norm = draw(st.sampled_from(["Linf", "L2"] if attack != "square" else ["Linf"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
     value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
     channels = draw(st.integers(1, 2))
@@ -97,10 +99,15 @@ def problems(draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "
         shape = draw(st.sampled_from([(n, 1, *spatial), (1, 1, *spatial), (n, channels, *spatial), (1, *spatial)]))
         mask = (torch.rand(shape, generator=g) > 0.5).float()
 
-    kwargs: Dict[str, Any] = {"eps": eps, "norm": norm, "value_range": value_range, "seed": seed}
+    kwargs: Dict[str, Any] = {"eps": eps, "value_range": value_range, "seed": seed}
+    if attack != "square":
+        kwargs["norm"] = norm
     if attack != "cw":
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
-    if attack != "fgsm":
+    if attack == "square":
+        kwargs["queries"] = draw(st.integers(2, 40))
+        kwargs["early_stop"] = draw(st.booleans())
+    elif attack != "fgsm":
         kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))
         kwargs["early_stop"] = draw(st.booleans())
     if attack in ("pgd", "apgd", "apgd_t"):

@@ -35,7 +35,7 @@ def test_budget_range_mask_and_type(p):
     assert x_adv.dtype == p.x.dtype and x_adv.device == p.x.device
     assert not x_adv.requires_grad
     assert torch.isfinite(x_adv).all()
-    eps, norm = p.kwargs["eps"], p.kwargs["norm"]
+    eps, norm = p.kwargs["eps"], p.kwargs.get("norm", "Linf")
     assert (_norms(x_adv, p.x, norm) <= eps).all(), "left the eps-ball"
     if norm == "Linf":  # the float32 difference stays within the float32 eps as well
         assert ((x_adv - p.x).abs() <= eps).all()
@@ -68,7 +68,7 @@ def test_deterministic_for_a_seed(p):
     assert torch.equal(first, second)
 
 
-@given(problems(dtype=torch.float64, attacks=("pgd", "cw", "apgd", "apgd_t")))
+@given(problems(dtype=torch.float64, attacks=("pgd", "cw", "apgd", "apgd_t", "square")))
 def test_independent_of_batch_composition(p):
     """Each sample's result is the same alone, in the batch and in the reversed batch.
 

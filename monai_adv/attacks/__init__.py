@@ -23,6 +23,7 @@ from monai_adv.attacks.registry import (
     make_attack,
     register_attack,
 )
+from monai_adv.attacks.square import Square
 
 __all__ = [
     "APGD",
@@ -33,6 +34,7 @@ __all__ = [
     "FGSM",
     "InfererModel",
     "PGD",
+    "Square",
     "attack_class",
     "attack_defaults",
     "available_attacks",

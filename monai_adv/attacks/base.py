@@ -55,6 +55,7 @@ class AttackResult:
         loss: per-sample attack loss at ``x_adv`` (None when not evaluated).
         clean_success: per-sample bool, whether the clean input already met the goal (e.g. misclassified).
         task: the task the attack ran as ("classification", "multilabel" or "segmentation").
+        queries: per-sample number of model evaluations, for query-based attacks (None for gradient attacks).
     """
 
     x_adv: torch.Tensor
@@ -62,6 +63,7 @@ class AttackResult:
     loss: Optional[torch.Tensor]
     clean_success: torch.Tensor
     task: str
+    queries: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -209,9 +211,9 @@ class Attack:
             target_t = None if target is None else as_tensor_labels(target, "target", x_plain.device)
             with model_state_guard(self.model), torch.enable_grad():
                 state = self._prepare(x_plain, y_t, target_t, mask_t)
-                x_adv, success, loss = self._perturb(state)
+                x_adv, success, loss, *queries = self._perturb(state)
                 x_adv = enforce_budget(x_plain, x_adv.detach(), self.eps, self.norm, mask_t, self.value_range)
-        return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task)
+        return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task, *queries)
 
     # ---- hooks for subclasses ------------------------------------------------------------------------------
     def _clean_pass_needs_grad(self) -> bool:
@@ -223,7 +225,7 @@ class Attack:
         return self.loss
 
     def _perturb(self, state: AttackState):
-        """Return ``(x_adv, success or None, loss or None)`` for the prepared batch."""
+        """Return ``(x_adv, success or None, loss or None[, queries])`` for the prepared batch."""
         raise NotImplementedError
 
     # ---- shared machinery ----------------------------------------------------------------------------------

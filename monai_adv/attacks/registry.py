@@ -16,6 +16,7 @@ from monai_adv.attacks.base import Attack
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.pgd import PGD
+from monai_adv.attacks.square import Square
 
 __all__ = ["register_attack", "make_attack", "available_attacks", "attack_class", "attack_defaults"]
 
@@ -87,3 +88,4 @@ register_attack("apgd", APGD)
 register_attack("apgd_ce", APGD, loss="ce")
 register_attack("apgd_dlr", APGD, loss="dlr")
 register_attack("apgd_t", APGDT)
+register_attack("square", Square)

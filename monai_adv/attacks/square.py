@@ -1,0 +1,204 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Square attack (Andriushchenko et al. 2020): a score-based random search, L-inf, in 1D, 2D and 3D."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.projections import clip_to_range, project
+from monai_adv.attacks.validation import check_int, check_positive
+
+__all__ = ["Square", "square_fraction", "window_side"]
+
+# (last iteration of the stage, divisor of p_init) of the original schedule, defined for 10,000 iterations
+_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
+
+
+def square_fraction(p_init: float, iteration: int, iterations: int, rescale: bool = False) -> float:
+    """The fraction of the image a square window covers at ``iteration`` (0-based): ``p_init`` halved at
+    iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000. With ``rescale`` the schedule is stretched
+    from 10,000 iterations to ``iterations``.
+    """
+    it = int(iteration / iterations * 10000) if rescale else iteration
+    for last, divisor in _SCHEDULE:
+        if it <= last:
+            return p_init / divisor
+    return p_init / 512
+
+
+def window_side(fraction: float, spatial: Sequence[int]) -> int:
+    """Side of the square (2D) or cube (3D) window covering ``fraction`` of the spatial positions."""
+    side = round((fraction * math.prod(spatial)) ** (1.0 / len(spatial)))
+    return int(min(max(side, 1), min(spatial)))
+
+
+class _PerSampleUniforms:
+    """Uniform numbers from each sample's own generator, drawn in blocks to save calls."""
+
+    def __init__(self, generators: List[torch.Generator], width: int, device: torch.device, block: int = 64):
+        self.generators, self.width, self.device, self.block = list(generators), width, device, block
+        self.buffer: Optional[torch.Tensor] = None
+        self.position = block
+
+    def draw(self) -> torch.Tensor:
+        """(n, width) uniforms: row i comes from sample i's stream, the next numbers in it."""
+        if self.position == self.block:
+            self.buffer = torch.stack(
+                [torch.rand((self.block, self.width), generator=g, device=self.device) for g in self.generators]
+            )
+            self.position = 0
+        row = self.buffer[:, self.position]
+        self.position += 1
+        return row
+
+    def keep(self, keep: torch.Tensor) -> None:
+        self.generators = [g for g, k in zip(self.generators, keep.tolist()) if k]
+        if self.buffer is not None:
+            self.buffer = self.buffer[keep]
+
+
+class Square(Attack):
+    """Square attack, L-inf: random search over square (2D) or cube (3D) windows of perturbation +-eps.
+
+    It needs only the model's outputs, no gradients, so it sees through gradient masking. Each sample starts
+    from random +-eps stripes along the last spatial dim; each query proposes to set one window, at a random
+    place, to +-eps (a random sign per channel) and keeps the proposal when it meets the goal or raises the
+    loss. The window covers a fraction of the image that starts at ``p_init`` and is halved on the original
+    schedule. Positions and signs come from each sample's own random stream.
+
+    Queries are counted exactly, one per model evaluation of a sample, including the clean pass: a sample
+    uses at most ``queries`` evaluations; ``result.queries`` says how many it used.
+
+    Args:
+        model: the model under attack (any callable returning logits; no gradients are needed).
+        eps: L-inf budget (>= 0).
+        queries: model evaluations per sample, including the clean pass and the start (>= 2).
+        loss: "cw" (the margin loss of the paper, default), "ce", or "dice" for segmentation.
+        value_range: ``(lo, hi)`` or None.
+        p_init: initial fraction of the image covered by a window.
+        rescale_schedule: stretch the p schedule to ``queries`` (the paper's schedule is for 10,000).
+        targeted: False, True, "least_likely" or "random".
+        task: "auto", "classification", "multilabel" or "segmentation".
+        kappa: confidence cap of the "cw" loss.
+        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
+        early_stop: stop querying a sample once it is fooled (the paper's rule).
+        seed: seed of the per-sample random streams.
+    """
+
+    name = "square"
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        eps: float = 8 / 255,
+        queries: int = 5000,
+        loss: str = "cw",
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        p_init: float = 0.8,
+        rescale_schedule: bool = False,
+        targeted: Union[bool, str] = False,
+        task: str = "auto",
+        kappa: float = 0.0,
+        seg_success_ratio: float = 0.5,
+        early_stop: bool = True,
+        seed: Optional[int] = 0,
+    ) -> None:
+        super().__init__(
+            model,
+            eps=eps,
+            norm="Linf",
+            loss=loss,
+            value_range=value_range,
+            targeted=targeted,
+            task=task,
+            kappa=kappa,
+            seg_success_ratio=seg_success_ratio,
+            early_stop=early_stop,
+            seed=seed,
+        )
+        self.queries = check_int(queries, "queries", minimum=2)
+        self.p_init = check_positive(p_init, "p_init")
+        if self.p_init > 1:
+            raise ValueError(f"`p_init` must be in (0, 1], got {p_init}.")
+        self.rescale_schedule = bool(rescale_schedule)
+
+    def __repr__(self) -> str:
+        return f"Square(eps={self.eps:g}, queries={self.queries}, loss={self.loss!r}, p_init={self.p_init:g})"
+
+    def _propose(self, x0: torch.Tensor, x_best: torch.Tensor, uniforms: torch.Tensor, side: int, mask):
+        """Set one window per sample to +-eps (positions and signs from ``uniforms``), project, clip."""
+        n, channels, spatial = x0.shape[0], x0.shape[1], x0.shape[2:]
+        window = torch.ones((n, *spatial), dtype=torch.bool, device=x0.device)
+        for d, size in enumerate(spatial):
+            start = (uniforms[:, d] * (size - side + 1)).floor().long().clamp_max(size - side)
+            ar = torch.arange(size, device=x0.device)
+            inside = (ar >= start[:, None]) & (ar < start[:, None] + side)
+            shape = [n] + [1] * len(spatial)
+            shape[1 + d] = size
+            window &= inside.reshape(shape)
+        signs = torch.where(uniforms[:, len(spatial) : len(spatial) + channels] < 0.5, -1.0, 1.0).to(x0.dtype)
+        change = 2.0 * self.eps * signs.reshape(n, channels, *([1] * len(spatial))) * window[:, None].to(x0.dtype)
+        if mask is not None:
+            change = change * mask
+        return clip_to_range(x0 + project(x_best + change - x0, self.eps, "Linf"), self.value_range)
+
+    def _stripes(self, x0: torch.Tensor, generators: List[torch.Generator], mask) -> torch.Tensor:
+        """The start: +-eps stripes, one random sign per channel and position along the last spatial dim."""
+        shape = (x0.shape[1],) + (1,) * (x0.ndim - 3) + (x0.shape[-1],)
+        signs = torch.stack(
+            [torch.where(torch.rand(shape, generator=g, device=x0.device) < 0.5, -1.0, 1.0) for g in generators]
+        )
+        delta = self.eps * signs.to(x0.dtype).expand_as(x0)
+        if mask is not None:
+            delta = delta * mask
+        return clip_to_range(x0 + delta, self.value_range)
+
+    def _evaluate(self, state: AttackState, x: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            logits = self.forward(x)
+            return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
+
+    def _perturb(self, state: AttackState):
+        n, device = state.x.shape[0], state.x.device
+        used = torch.ones(n, dtype=torch.long, device=device)  # the clean pass
+        if self.eps == 0:
+            return state.x, state.clean_success, state.clean_loss.double(), used
+        best = BestIterate(state.x, state.clean_success)
+        idx = torch.arange(n, device=device)
+        if self.early_stop:
+            idx = idx[~state.clean_success]
+        if idx.numel() == 0:
+            return best.x, best.success, best.loss, used
+        generators = self.generators(state, idx, 0)
+        mask = state.mask
+        x_start = self._stripes(state.x[idx], generators, None if mask is None else mask[idx])
+        loss, success = self._evaluate(state, x_start, idx)
+        best.update(idx, x_start, loss, success)
+        used[idx] += 1
+        spatial = tuple(state.x.shape[2:])
+        uniforms = _PerSampleUniforms(generators, len(spatial) + state.x.shape[1], device)
+        iterations = self.queries - 2
+        for it in range(iterations):
+            if self.early_stop:
+                keep = ~best.success[idx]
+                if not bool(keep.all()):
+                    idx = idx[keep]
+                    uniforms.keep(keep)
+            if idx.numel() == 0:
+                break
+            side = window_side(square_fraction(self.p_init, it, iterations, self.rescale_schedule), spatial)
+            x0 = state.x[idx]
+            proposal = self._propose(x0, best.x[idx], uniforms.draw(), side, None if mask is None else mask[idx])
+            loss, success = self._evaluate(state, proposal, idx)
+            best.update(idx, proposal, loss, success)
+            used[idx] += 1
+        return best.x, best.success, best.loss, used

@@ -66,7 +66,7 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 
 @st.composite
 def problems(
-    draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "square")
+    draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "square", "simba")
 ) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
@@ -104,8 +104,11 @@ def problems(
         kwargs["norm"] = norm
     if attack != "cw":
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
-    if attack == "square":
-        kwargs["queries"] = draw(st.integers(2, 40))
+    if attack == "simba":
+        kwargs["basis"] = draw(st.sampled_from(["dct", "pixel"]))
+        kwargs["freq_dims"] = draw(st.integers(1, 4))
+    if attack in ("square", "simba"):
+        kwargs["queries"] = draw(st.integers(1 if attack == "simba" else 2, 40))
         kwargs["early_stop"] = draw(st.booleans())
     elif attack != "fgsm":
         kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))

@@ -108,3 +108,18 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+class CountingModel(nn.Module):
+    """Classifies channel 0; reads a sample id from channel 1 (never perturbed) and counts its evaluations."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TinyClassifier(2, 1, 3)
+        self.counts = torch.zeros(n, dtype=torch.long)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x[:, 1, 0, 0].round().long()
+        self.counts += torch.bincount(ids, minlength=self.counts.numel())
+        return self.net(x[:, :1])

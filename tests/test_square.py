@@ -8,11 +8,10 @@
 
 import pytest
 import torch
-from torch import nn
 
 from monai_adv.attacks import PGD, Square
 from monai_adv.attacks.square import square_fraction, window_side
-from tests.models import TinyClassifier, accuracy
+from tests.models import CountingModel, TinyClassifier, accuracy
 
 
 def test_p_schedule_halves_at_the_paper_iterations():
@@ -31,21 +30,6 @@ def test_window_is_a_square_in_2d_and_a_cube_in_3d():
     assert window_side(0.1, (32, 32, 32)) == 15  # round(cbrt(0.1 * 32^3))
     assert window_side(1e-6, (32, 32, 32)) == 1
     assert window_side(1.0, (8, 64)) == 8  # never wider than the smallest side
-
-
-class CountingModel(nn.Module):
-    """Classifies channel 0; reads a sample id from channel 1 (never perturbed) and counts its evaluations."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = TinyClassifier(2, 1, 3)
-        self.counts = torch.zeros(n, dtype=torch.long)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x[:, 1, 0, 0].round().long()
-        self.counts += torch.bincount(ids, minlength=self.counts.numel())
-        return self.net(x[:, :1])
 
 
 @pytest.mark.parametrize("queries,early_stop", [(2, True), (50, True), (120, False)])

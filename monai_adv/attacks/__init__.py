@@ -23,6 +23,7 @@ from monai_adv.attacks.registry import (
     make_attack,
     register_attack,
 )
+from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "FGSM",
     "InfererModel",
     "PGD",
+    "SimBA",
     "Square",
     "attack_class",
     "attack_defaults",

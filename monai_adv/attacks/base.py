@@ -92,8 +92,8 @@ class BestIterate:
         self.success = clean_success.clone()
         self.loss = torch.full((x.shape[0],), float("-inf"), dtype=torch.float64, device=x.device)
 
-    def update(self, idx: torch.Tensor, x_new: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
-        """Offer new points for the samples ``idx`` of the batch."""
+    def update(self, idx: torch.Tensor, x_new: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+        """Offer new points for the samples ``idx`` of the batch; return which of them were taken."""
         old_success = self.success[idx]
         better = (success & ~old_success) | ((success == old_success) & (loss > self.loss[idx]))
         if bool(better.any()):
@@ -101,6 +101,7 @@ class BestIterate:
             self.x[rows] = x_new[better].to(self.x.dtype)
             self.loss[rows] = loss[better].to(self.loss.dtype)
             self.success[rows] = success[better]
+        return better
 
     def overwrite(self, idx: torch.Tensor, x_new: torch.Tensor) -> None:
         """Take the points as they are (last-iterate mode)."""

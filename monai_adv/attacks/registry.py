@@ -16,6 +16,7 @@ from monai_adv.attacks.base import Attack
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.pgd import PGD
+from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 
 __all__ = ["register_attack", "make_attack", "available_attacks", "attack_class", "attack_defaults"]
@@ -89,3 +90,6 @@ register_attack("apgd_ce", APGD, loss="ce")
 register_attack("apgd_dlr", APGD, loss="dlr")
 register_attack("apgd_t", APGDT)
 register_attack("square", Square)
+register_attack("simba", SimBA)
+register_attack("simba_dct", SimBA, basis="dct")
+register_attack("simba_pixel", SimBA, basis="pixel")

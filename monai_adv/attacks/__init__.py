@@ -25,6 +25,7 @@ from monai_adv.attacks.registry import (
 )
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
+from monai_adv.attacks.transfer import TransferAttack
 
 __all__ = [
     "APGD",
@@ -37,6 +38,7 @@ __all__ = [
     "PGD",
     "SimBA",
     "Square",
+    "TransferAttack",
     "attack_class",
     "attack_defaults",
     "available_attacks",

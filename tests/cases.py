@@ -72,7 +72,7 @@ def problems(
     attack = draw(st.sampled_from(attacks))
     # APGD-T is defined for classification only
     task = draw(st.sampled_from(TASKS if attack != "apgd_t" else ("classification", "binary")))
-    norm = draw(st.sampled_from(["Linf", "L2"] if attack != "square" else ["Linf"]))
+    norm = draw(st.sampled_from(["Linf", "L2"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
     value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
     channels = draw(st.integers(1, 2))
@@ -99,9 +99,7 @@ def problems(
         shape = draw(st.sampled_from([(n, 1, *spatial), (1, 1, *spatial), (n, channels, *spatial), (1, *spatial)]))
         mask = (torch.rand(shape, generator=g) > 0.5).float()
 
-    kwargs: Dict[str, Any] = {"eps": eps, "value_range": value_range, "seed": seed}
-    if attack != "square":
-        kwargs["norm"] = norm
+    kwargs: Dict[str, Any] = {"eps": eps, "norm": norm, "value_range": value_range, "seed": seed}
     if attack != "cw":
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
     if attack == "simba":

@@ -35,7 +35,7 @@ def test_budget_range_mask_and_type(p):
     assert x_adv.dtype == p.x.dtype and x_adv.device == p.x.device
     assert not x_adv.requires_grad
     assert torch.isfinite(x_adv).all()
-    eps, norm = p.kwargs["eps"], p.kwargs.get("norm", "Linf")
+    eps, norm = p.kwargs["eps"], p.kwargs["norm"]
     assert (_norms(x_adv, p.x, norm) <= eps).all(), "left the eps-ball"
     if norm == "Linf":  # the float32 difference stays within the float32 eps as well
         assert ((x_adv - p.x).abs() <= eps).all()

@@ -11,6 +11,7 @@ import torch
 
 from monai_adv.attacks import PGD, Square
 from monai_adv.attacks.square import square_fraction, window_side
+from monai_adv.attacks.square_l2 import eta_pattern, l2_propose
 from tests.models import CountingModel, TinyClassifier, accuracy
 
 
@@ -73,21 +74,44 @@ def test_square_on_a_3d_volume():
     x = torch.rand(2, 1, 12, 12, 12)
     result = Square(model, eps=8 / 255, queries=30, early_stop=False).perturb(x, torch.tensor([0, 1]))
     assert (result.x_adv - x).abs().max() <= 8 / 255 and (result.queries == 30).all()
+    result = Square(model, eps=0.5, norm="L2", queries=30, early_stop=False).perturb(x, torch.tensor([0, 1]))
+    assert ((result.x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-6).all() and (result.queries == 30).all()
+
+
+@pytest.mark.parametrize("side,dims", [(3, 2), (5, 2), (7, 2), (5, 3)])
+def test_l2_patterns_have_unit_norm_and_two_opposite_halves(side, dims):
+    for axis in range(dims):
+        pattern = eta_pattern(side, dims, axis)
+        assert pattern.shape == (side,) * dims
+        torch.testing.assert_close(pattern.norm(), torch.tensor(1.0, dtype=torch.float64))
+        first, second = pattern.split([side // 2, side - side // 2], dim=axis)
+        assert (first > 0).all() and (second < 0).all()
+
+
+def test_l2_move_keeps_the_norm_at_eps():
+    torch.manual_seed(0)
+    x0 = torch.rand(3, 2, 16, 16)
+    x_best = x0 + 0.01 * torch.randn_like(x0)
+    delta = l2_propose(x0, x_best, torch.rand(3, 2 * 2 + 2 + 1), 5, 0.7, None)
+    torch.testing.assert_close(delta.flatten(1).norm(dim=1), torch.full((3,), 0.7))
 
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
-@pytest.mark.parametrize("eps", [12 / 255, 16 / 255])
-def test_square_1000_at_most_one_point_above_reference(trained_bars, eps):
+@pytest.mark.parametrize("norm,eps", [("Linf", 12 / 255), ("Linf", 16 / 255), ("L2", 0.5)])
+def test_square_1000_at_most_one_point_above_reference(trained_bars, norm, eps):
     """Robust accuracy averaged over seeds: ours <= reference + 1 percentage point (same rescaled schedule)."""
     model, x, y = trained_bars
     seeds = range(4)
     ours = sum(
-        accuracy(model, Square(model, eps=eps, queries=1000, rescale_schedule=True, seed=s)(x, y), y) for s in seeds
+        accuracy(model, Square(model, eps=eps, norm=norm, queries=1000, rescale_schedule=True, seed=s)(x, y), y)
+        for s in seeds
     ) / len(seeds)
-    theirs = sum(accuracy(model, torchattacks.Square(model, eps=eps, n_queries=1000, seed=s)(x, y), y) for s in seeds)
+    theirs = sum(
+        accuracy(model, torchattacks.Square(model, norm=norm, eps=eps, n_queries=1000, seed=s)(x, y), y) for s in seeds
+    )
     theirs /= len(seeds)
-    print(f"Square-1000 eps {eps * 255:.0f}/255: robust accuracy ours {ours:.4f}, reference {theirs:.4f}")
+    print(f"Square-1000 {norm} eps {eps:.4f}: robust accuracy ours {ours:.4f}, reference {theirs:.4f}")
     assert 0.0 < theirs < 1.0
     assert ours <= theirs + 0.01

@@ -15,6 +15,7 @@ import torch
 
 from monai_adv.attacks.base import Attack, AttackState, BestIterate
 from monai_adv.attacks.projections import clip_to_range, project
+from monai_adv.attacks.square_l2 import l2_propose, l2_start, l2_window_side, window_mask, window_starts
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["Square", "square_fraction", "window_side"]
@@ -67,13 +68,15 @@ class _PerSampleUniforms:
 
 
 class Square(Attack):
-    """Square attack, L-inf: random search over square (2D) or cube (3D) windows of perturbation +-eps.
+    """Square attack: random search over square (2D) or cube (3D) windows, L-inf or L2.
 
     It needs only the model's outputs, no gradients, so it sees through gradient masking. Each sample starts
     from random +-eps stripes along the last spatial dim; each query proposes to set one window, at a random
     place, to +-eps (a random sign per channel) and keeps the proposal when it meets the goal or raises the
     loss. The window covers a fraction of the image that starts at ``p_init`` and is halved on the original
-    schedule. Positions and signs come from each sample's own random stream.
+    schedule. In L2 the start is a grid of the paper's two-signed concentric patterns, and a move shifts the
+    energy of a second window into the first with a new pattern, always at norm ``eps``. Positions, signs
+    and pattern orientations come from each sample's own random stream.
 
     Queries are counted exactly, one per model evaluation of a sample, including the clean pass: a sample
     uses at most ``queries`` evaluations; ``result.queries`` says how many it used.
@@ -82,6 +85,7 @@ class Square(Attack):
         model: the model under attack (any callable returning logits; no gradients are needed).
         eps: L-inf budget (>= 0).
         queries: model evaluations per sample, including the clean pass and the start (>= 2).
+        norm: "Linf" or "L2".
         loss: "cw" (the margin loss of the paper, default), "ce", or "dice" for segmentation.
         value_range: ``(lo, hi)`` or None.
         p_init: initial fraction of the image covered by a window.
@@ -101,6 +105,7 @@ class Square(Attack):
         model: Callable[[torch.Tensor], torch.Tensor],
         eps: float = 8 / 255,
         queries: int = 5000,
+        norm: str = "Linf",
         loss: str = "cw",
         value_range: Optional[Sequence[float]] = (0.0, 1.0),
         p_init: float = 0.8,
@@ -115,7 +120,7 @@ class Square(Attack):
         super().__init__(
             model,
             eps=eps,
-            norm="Linf",
+            norm=norm,
             loss=loss,
             value_range=value_range,
             targeted=targeted,
@@ -132,24 +137,32 @@ class Square(Attack):
         self.rescale_schedule = bool(rescale_schedule)
 
     def __repr__(self) -> str:
-        return f"Square(eps={self.eps:g}, queries={self.queries}, loss={self.loss!r}, p_init={self.p_init:g})"
+        return (
+            f"Square(eps={self.eps:g}, queries={self.queries}, norm={self.norm!r}, loss={self.loss!r}, "
+            f"p_init={self.p_init:g})"
+        )
 
-    def _propose(self, x0: torch.Tensor, x_best: torch.Tensor, uniforms: torch.Tensor, side: int, mask):
-        """Set one window per sample to +-eps (positions and signs from ``uniforms``), project, clip."""
-        n, channels, spatial = x0.shape[0], x0.shape[1], x0.shape[2:]
-        window = torch.ones((n, *spatial), dtype=torch.bool, device=x0.device)
-        for d, size in enumerate(spatial):
-            start = (uniforms[:, d] * (size - side + 1)).floor().long().clamp_max(size - side)
-            ar = torch.arange(size, device=x0.device)
-            inside = (ar >= start[:, None]) & (ar < start[:, None] + side)
-            shape = [n] + [1] * len(spatial)
-            shape[1 + d] = size
-            window &= inside.reshape(shape)
-        signs = torch.where(uniforms[:, len(spatial) : len(spatial) + channels] < 0.5, -1.0, 1.0).to(x0.dtype)
-        change = 2.0 * self.eps * signs.reshape(n, channels, *([1] * len(spatial))) * window[:, None].to(x0.dtype)
+    def _propose(self, x0: torch.Tensor, x_best: torch.Tensor, uniforms: torch.Tensor, fraction: float, mask):
+        """One proposal per sample around its best point, projected onto the budget and the value range."""
+        spatial = tuple(x0.shape[2:])
+        if self.norm == "L2":
+            side = l2_window_side(fraction, spatial)
+            delta = l2_propose(x0, x_best, uniforms, side, self.eps, mask)
+            return clip_to_range(x0 + delta, self.value_range)
+        # L-inf: set one window to +-eps, one random sign per channel
+        n, channels, dims = x0.shape[0], x0.shape[1], len(spatial)
+        side = window_side(fraction, spatial)
+        window = window_mask(window_starts(uniforms[:, :dims], side, spatial), side, spatial)
+        signs = torch.where(uniforms[:, 2 * dims : 2 * dims + channels] < 0.5, -1.0, 1.0).to(x0.dtype)
+        change = 2.0 * self.eps * signs.reshape(n, channels, *([1] * dims)) * window[:, None].to(x0.dtype)
         if mask is not None:
             change = change * mask
         return clip_to_range(x0 + project(x_best + change - x0, self.eps, "Linf"), self.value_range)
+
+    def _start(self, x0: torch.Tensor, generators: List[torch.Generator], mask) -> torch.Tensor:
+        if self.norm == "L2":
+            return clip_to_range(x0 + l2_start(x0, self.eps, generators, mask), self.value_range)
+        return self._stripes(x0, generators, mask)
 
     def _stripes(self, x0: torch.Tensor, generators: List[torch.Generator], mask) -> torch.Tensor:
         """The start: +-eps stripes, one random sign per channel and position along the last spatial dim."""
@@ -180,12 +193,13 @@ class Square(Attack):
             return best.x, best.success, best.loss, used
         generators = self.generators(state, idx, 0)
         mask = state.mask
-        x_start = self._stripes(state.x[idx], generators, None if mask is None else mask[idx])
+        x_start = self._start(state.x[idx], generators, None if mask is None else mask[idx])
         loss, success = self._evaluate(state, x_start, idx)
         best.update(idx, x_start, loss, success)
         used[idx] += 1
         spatial = tuple(state.x.shape[2:])
-        uniforms = _PerSampleUniforms(generators, len(spatial) + state.x.shape[1], device)
+        # per query: two window corners, a sign per channel and a split axis (L2 uses them all)
+        uniforms = _PerSampleUniforms(generators, 2 * len(spatial) + state.x.shape[1] + 1, device)
         iterations = self.queries - 2
         for it in range(iterations):
             if self.early_stop:
@@ -195,9 +209,9 @@ class Square(Attack):
                     uniforms.keep(keep)
             if idx.numel() == 0:
                 break
-            side = window_side(square_fraction(self.p_init, it, iterations, self.rescale_schedule), spatial)
+            fraction = square_fraction(self.p_init, it, iterations, self.rescale_schedule)
             x0 = state.x[idx]
-            proposal = self._propose(x0, best.x[idx], uniforms.draw(), side, None if mask is None else mask[idx])
+            proposal = self._propose(x0, best.x[idx], uniforms.draw(), fraction, None if mask is None else mask[idx])
             loss, success = self._evaluate(state, proposal, idx)
             best.update(idx, proposal, loss, success)
             used[idx] += 1

@@ -66,12 +66,14 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 
 @st.composite
 def problems(
-    draw, dtype: torch.dtype = torch.float32, attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "square", "simba")
+    draw,
+    dtype: torch.dtype = torch.float32,
+    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba"),
 ) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
-    # APGD-T is defined for classification only
-    task = draw(st.sampled_from(TASKS if attack != "apgd_t" else ("classification", "binary")))
+    # APGD-T and FAB-T are defined for classification only
+    task = draw(st.sampled_from(TASKS if attack not in ("apgd_t", "fab_t") else ("classification", "binary")))
     norm = draw(st.sampled_from(["Linf", "L2"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
     value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
@@ -100,13 +102,18 @@ def problems(
         mask = (torch.rand(shape, generator=g) > 0.5).float()
 
     kwargs: Dict[str, Any] = {"eps": eps, "norm": norm, "value_range": value_range, "seed": seed}
-    if attack != "cw":
+    if attack not in ("cw", "fab_t"):
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
     if attack == "simba":
         kwargs["basis"] = draw(st.sampled_from(["dct", "pixel"]))
         kwargs["freq_dims"] = draw(st.integers(1, 4))
     if attack in ("square", "simba"):
         kwargs["queries"] = draw(st.integers(1 if attack == "simba" else 2, 40))
+        kwargs["early_stop"] = draw(st.booleans())
+    elif attack == "fab_t":
+        kwargs["steps"] = draw(st.integers(1, 8))
+        kwargs["restarts"] = draw(st.integers(1, 2))
+        kwargs["target_classes"] = draw(st.integers(1, 3))
         kwargs["early_stop"] = draw(st.booleans())
     elif attack != "fgsm":
         kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))

@@ -13,6 +13,7 @@ from monai_adv.attacks import losses
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack, AttackResult
 from monai_adv.attacks.cw import CW
+from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.guard import InfererModel, model_state_guard
 from monai_adv.attacks.pgd import PGD
@@ -33,6 +34,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "CW",
+    "FAB",
     "FGSM",
     "InfererModel",
     "PGD",

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Tuple, Type
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack
 from monai_adv.attacks.cw import CW
+from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.pgd import PGD
 from monai_adv.attacks.simba import SimBA
@@ -89,6 +90,7 @@ register_attack("apgd", APGD)
 register_attack("apgd_ce", APGD, loss="ce")
 register_attack("apgd_dlr", APGD, loss="dlr")
 register_attack("apgd_t", APGDT)
+register_attack("fab_t", FAB)
 register_attack("square", Square)
 register_attack("simba", SimBA)
 register_attack("simba_dct", SimBA, basis="dct")

@@ -11,6 +11,7 @@ Pure PyTorch: nothing here imports MONAI or ignite.
 
 from monai_adv.attacks import losses
 from monai_adv.attacks.apgd import APGD, APGDT
+from monai_adv.attacks.autoattack import AutoAttack, AutoAttackReport
 from monai_adv.attacks.base import Attack, AttackResult
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fab import FAB
@@ -24,6 +25,8 @@ from monai_adv.attacks.registry import (
     make_attack,
     register_attack,
 )
+from monai_adv.attacks.sanity import sanity_checks
+from monai_adv.attacks.scoring import score_examples
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 from monai_adv.attacks.transfer import TransferAttack
@@ -33,6 +36,8 @@ __all__ = [
     "APGDT",
     "Attack",
     "AttackResult",
+    "AutoAttack",
+    "AutoAttackReport",
     "CW",
     "FAB",
     "FGSM",
@@ -48,4 +53,6 @@ __all__ = [
     "make_attack",
     "model_state_guard",
     "register_attack",
+    "sanity_checks",
+    "score_examples",
 ]

@@ -58,6 +58,8 @@ class APGD(Attack):
         task: "auto", "classification", "multilabel" or "segmentation".
         kappa: confidence cap of the "cw" loss.
         seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
+        eot_iter: forward/backward passes averaged per step (expectation over transformation, for
+            randomized models; 1 otherwise).
         early_stop: stop attacking a sample once it is fooled, and skip samples misclassified clean.
         seed: seed of the per-sample random starts.
 
@@ -83,6 +85,7 @@ class APGD(Attack):
         task: str = "auto",
         kappa: float = 0.0,
         seg_success_ratio: float = 0.5,
+        eot_iter: int = 1,
         early_stop: bool = True,
         seed: Optional[int] = 0,
     ) -> None:
@@ -100,6 +103,7 @@ class APGD(Attack):
             seed=seed,
         )
         self.steps = check_int(steps, "steps")
+        self.eot_iter = check_int(eot_iter, "eot_iter")
         self.restarts = check_int(restarts, "restarts")
         self.rho = check_positive(rho, "rho")
         if self.rho > 1:
@@ -134,14 +138,18 @@ class APGD(Attack):
         return clip_to_range(x0 + delta, self.value_range)
 
     def _evaluate(self, objective: Objective, x_adv: torch.Tensor, idx: torch.Tensor):
-        """Loss, success and input gradient at ``x_adv`` for the samples ``idx``: one forward and one backward."""
+        """Loss, success and input gradient at ``x_adv`` for the samples ``idx``: one forward and one backward
+        (``eot_iter`` of each, averaged, for a randomized model; success is read from the last pass)."""
         x_adv = x_adv.detach().requires_grad_(True)
-        logits = self.forward(x_adv)
-        loss = objective.loss(logits, idx)
-        grad = self.input_gradient(loss, x_adv)
+        total_loss, total_grad = 0.0, 0.0
+        for _ in range(self.eot_iter):
+            logits = self.forward(x_adv)
+            loss = objective.loss(logits, idx)
+            total_grad = total_grad + self.input_gradient(loss, x_adv)
+            total_loss = total_loss + loss.detach().double()
         with torch.no_grad():
             success = objective.success(logits.detach(), idx)
-        return loss.detach().double(), success, grad
+        return total_loss / self.eot_iter, success, total_grad / self.eot_iter
 
     def _run(self, state: AttackState, objective: Objective, idx: torch.Tensor, stream: int, best: BestIterate):
         """One APGD run on the samples ``idx``, offering every iterate to ``best``."""

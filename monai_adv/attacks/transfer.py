@@ -12,36 +12,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackResult, AttackState
+from monai_adv.attacks.base import Attack, AttackResult
+from monai_adv.attacks.scoring import score_examples
 
 __all__ = ["TransferAttack"]
-
-
-class _ScoreOnTarget(Attack):
-    """Scores given adversarial examples on the target model: one clean and one adversarial forward pass."""
-
-    def __init__(self, target_model: Callable, source: Attack) -> None:
-        super().__init__(
-            target_model,
-            eps=source.eps,
-            norm=source.norm,
-            loss=source.loss if source.loss != "dlr" else "ce",
-            value_range=source.value_range,
-            targeted=source.targeted,
-            task=source.task,
-            kappa=source.kappa,
-            seg_success_ratio=source.seg_success_ratio,
-            early_stop=False,
-            seed=source.seed,
-        )
-        self.crafted: Optional[torch.Tensor] = None
-
-    def _perturb(self, state: AttackState):
-        x_adv = self.crafted.to(state.x.device, state.x.dtype)
-        everyone = slice(None)
-        with torch.no_grad():
-            logits = self.forward(x_adv)
-            return x_adv, state.objective.success(logits, everyone), state.objective.loss(logits, everyone).double()
 
 
 class TransferAttack:
@@ -74,12 +48,8 @@ class TransferAttack:
                 'model does not share; pass explicit targets (targeted=True) or targeted="random".'
             )
         self.attack = attack
-        self._scorer = _ScoreOnTarget(target_model, attack)
+        self.target_model = target_model
         self.last_source_result: Optional[AttackResult] = None
-
-    @property
-    def target_model(self) -> Callable:
-        return self._scorer.model
 
     def __repr__(self) -> str:
         return f"TransferAttack({self.attack!r} -> {type(self.target_model).__name__})"
@@ -92,9 +62,4 @@ class TransferAttack:
     ) -> AttackResult:
         """Craft on the surrogate, score on the target. Arguments as :meth:`Attack.perturb`."""
         self.last_source_result = self.attack.perturb(x, y, mask=mask, target=target)
-        crafted = self.last_source_result.x_adv
-        self._scorer.crafted = crafted.detach().as_subclass(torch.Tensor)
-        try:
-            return self._scorer.perturb(x, y, mask=mask, target=target)
-        finally:
-            self._scorer.crafted = None
+        return score_examples(self.attack, self.target_model, x, self.last_source_result.x_adv, y, mask, target)

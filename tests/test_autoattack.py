@@ -122,3 +122,15 @@ def test_sanity_checks_flag_what_makes_a_number_untrustworthy(trained_bars):
         aa = AutoAttack(Noisy(model), eps=8 / 255, version="rand", steps=2)
         aa(x, y)
     assert any("randomized" in note for note in aa.last_report.notes)
+
+
+def test_result_of_a_sample_does_not_depend_on_its_batch():
+    from tests.models import PerSample
+
+    torch.manual_seed(0)
+    model = PerSample(TinyClassifier(2, 1, 4).double().eval())
+    x, y = torch.rand(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0])
+    aa = AutoAttack(model, eps=16 / 255, check=False, steps=5, queries=30)
+    batch = aa(x, y)
+    for i in range(5):
+        torch.testing.assert_close(aa(x[i : i + 1], y[i : i + 1])[0], batch[i], rtol=0, atol=1e-6)

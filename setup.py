@@ -22,6 +22,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["monai_adv", "monai_adv.*"]),
     include_package_data=True,
+    package_data={"monai_adv.data": ["assets/*.npz", "assets/NOTICE"]},
     install_requires=[
         # install the PyTorch build for your platform first; any torch that MONAI supports works
         "torch>=2.0",

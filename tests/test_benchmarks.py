@@ -10,10 +10,8 @@ import json
 
 import pytest
 
-pytest.importorskip("torchattacks")
-
-
 def test_autoattack_reference_benchmark_tiny(tmp_path):
+    pytest.importorskip("torchattacks")
     from benchmarks.autoattack_reference import main
 
     out = tmp_path / "aa.json"
@@ -22,3 +20,13 @@ def test_autoattack_reference_benchmark_tiny(tmp_path):
     assert saved["results"].keys() == payload["results"].keys() == {"monai_adv.AutoAttack", "torchattacks.AutoAttack"}
     for row in saved["results"].values():
         assert 0.0 <= row["robust_accuracy"] <= 1.0 and row["seconds"] > 0
+
+
+def test_demo_data_difficulty_benchmark_tiny(tmp_path):
+    from benchmarks.demo_data_difficulty import main
+
+    out = tmp_path / "difficulty.json"
+    results = main(["--tiny", "--tasks", "classification", "segmentation", "--out", str(out)])
+    assert json.loads(out.read_text())["results"].keys() == results.keys() == {"classification", "segmentation"}
+    for row in results.values():
+        assert 0.0 <= row["value"] <= 1.0

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+
 def test_autoattack_reference_benchmark_tiny(tmp_path):
     pytest.importorskip("torchattacks")
     from benchmarks.autoattack_reference import main

@@ -62,8 +62,9 @@ class BrainLesionDataset(Dataset):
         - "multilabel": float32 [lesion in left hemisphere, lesion in right hemisphere], each half of the time.
         - "segmentation": the lesion mask (1, *spatial) float32 (70 % of the samples have a lesion).
 
-    Splits take disjoint anatomy (slices, or patch centres, dealt by z index) and disjoint random streams,
-    so they never share a sample. A sample depends only on (seed, split, task, spatial_dims, index).
+    Splits take disjoint random streams and disjoint axial slices (2D) or patch centres (3D, dealt by z index),
+    so they never share a sample; 3D patches of different splits, all cut from the one template, still overlap
+    in anatomy. A sample depends only on (seed, split, task, spatial_dims, index).
 
     Args:
         split: "train", "val" or "test".

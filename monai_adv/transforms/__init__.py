@@ -1,0 +1,29 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""MONAI transforms that add an adversarial attack to a pipeline."""
+
+from monai_adv.transforms.array import ADVERSARIAL_META_KEY, AdversarialPerturb, RandAdversarialPerturb
+from monai_adv.transforms.dictionary import (
+    AdversarialPerturbD,
+    AdversarialPerturbd,
+    AdversarialPerturbDict,
+    RandAdversarialPerturbD,
+    RandAdversarialPerturbd,
+    RandAdversarialPerturbDict,
+)
+
+__all__ = [
+    "ADVERSARIAL_META_KEY",
+    "AdversarialPerturb",
+    "AdversarialPerturbD",
+    "AdversarialPerturbDict",
+    "AdversarialPerturbd",
+    "RandAdversarialPerturb",
+    "RandAdversarialPerturbD",
+    "RandAdversarialPerturbDict",
+    "RandAdversarialPerturbd",
+]

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import Dataset
+from monai.data import Dataset, MetaTensor
 
 from monai_adv.data.lesions import acquisition, apply_lesion, lesion_mask, random_warp
 
@@ -54,7 +54,8 @@ class BrainLesionDataset(Dataset):
     contrast - and acquisition effects (bias field, Rician-like noise). The lesions are simulated: this is a
     demo and test set, not a diagnostic data set.
 
-    Keys: ``"image"`` (1, *spatial) float32 in [0, 1]; ``"label"``; ``"seg"`` (1, *spatial) float32 lesion mask.
+    Keys: ``"image"`` (1, *spatial) float32 MetaTensor in [0, 1]; ``"label"``; ``"seg"`` (1, *spatial) float32
+    lesion mask (MetaTensor). ``meta["filename_or_obj"]`` names the sample.
     Labels by task:
 
         - "classification": lesion present (1) or absent (0), int64; half of the samples have a lesion.
@@ -179,8 +180,9 @@ class BrainLesionDataset(Dataset):
             image = apply_lesion(image, mask, contrast, g)
             seg = torch.maximum(seg, (mask > 0.5).float())
         image = acquisition(image, brain, g)
-        seg = seg[None]
-        out = {"image": image[None].float(), "seg": seg}
+        meta = {"filename_or_obj": f"brain_lesion/{self.split}/{self.task}/{self.spatial_dims}d/{index}"}
+        seg = MetaTensor(seg[None], meta=dict(meta))
+        out = {"image": MetaTensor(image[None].float(), meta=meta), "seg": seg}
         out["label"] = seg.clone() if label is None else label
         return out
 

@@ -240,3 +240,26 @@ def test_missing_keys_can_be_allowed(net2d):
     )
     out = t({"image": torch.rand(1, 8, 8), "label": 0})
     assert "other" not in out
+
+
+def test_compose_from_a_dicom_series_folder(tmp_path, net2d):
+    itk = pytest.importorskip("itk")
+    from monai.transforms import SqueezeDimd
+
+    series = tmp_path / "series"
+    series.mkdir()
+    pixels = (np.random.default_rng(1).random((16, 16)) * 1000).astype(np.int16)
+    itk.imwrite(itk.image_from_array(pixels), str(series / "slice0.dcm"))
+    pipeline = Compose(
+        [
+            LoadImaged(keys="image", reader="ITKReader"),  # a folder: the DICOM series in it
+            EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+            SqueezeDimd(keys="image", dim=-1),  # one slice
+            ScaleIntensityd(keys="image"),
+            RandAdversarialPerturbd(keys="image", label_key="label", network=net2d, attack_kwargs=PGD_KWARGS),
+        ]
+    )
+    out = pipeline({"image": str(series), "label": 1})["image"]
+    ref = Compose(pipeline.transforms[:4])({"image": str(series), "label": 1})["image"]
+    assert out.shape == (1, 16, 16) and out.meta["adversarial"]["attack"] == "pgd"
+    assert 0 < float((out.as_tensor() - ref.as_tensor()).abs().max()) <= EPS + 1e-7

@@ -1,0 +1,23 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Adversarial training objectives (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks."""
+
+from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
+from monai_adv.defenses.registry import available_defenses, make_defense
+
+__all__ = [
+    "Defense",
+    "FastAT",
+    "HAT",
+    "MART",
+    "NaturalTraining",
+    "PGDAT",
+    "TRADES",
+    "available_defenses",
+    "make_defense",
+    "survey_step",
+]

@@ -1,0 +1,276 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Adversarial training objectives: ``loss, outputs = defense(network, inputs, targets)``."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_adv.attacks import FGSM, PGD, model_state_guard
+from monai_adv.attacks.objective import Objective, infer_task, prepare_labels
+from monai_adv.attacks.projections import ascent_step, clip_to_range, project
+from monai_adv.attacks.validation import check_choice, check_eps, check_int, check_norm, check_value_range
+
+__all__ = ["Defense", "NaturalTraining", "PGDAT", "FastAT", "TRADES", "MART", "HAT", "survey_step"]
+
+Outputs = Dict[str, Optional[torch.Tensor]]
+# the benchmark's training attack: eps in {1, 2, 4, 8}/255 with step {0.5, 0.5, 1, 2}/255
+_SURVEY_STEPS = {1: 0.5, 2: 0.5, 4: 1.0, 8: 2.0}
+
+
+def survey_step(eps: float) -> float:
+    """The benchmark's PGD step: 0.5/255 for eps 1 and 2/255, 1/255 for 4/255, 2/255 for 8/255; else eps / 4."""
+    for budget, step in _SURVEY_STEPS.items():
+        if abs(eps * 255 - budget) < 1e-6:
+            return step / 255
+    return eps / 4
+
+
+def _unwrap(network: Callable) -> Callable:
+    """The module inside DistributedDataParallel/DataParallel: attacks must not run through the DDP wrapper."""
+    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+
+
+class Defense:
+    """Base of the training objectives. Subclasses implement :meth:`objective`.
+
+    Args:
+        eps: budget of the training attack, in the units of ``value_range``.
+        steps: attack steps (10 in the benchmark).
+        alpha: attack step; default the benchmark's step for ``eps`` (see :func:`survey_step`).
+        norm: "Linf" or "L2".
+        value_range: ``(lo, hi)`` of the images, or None.
+        task: "auto", "classification", "multilabel" or "segmentation".
+        loss: the training (and attack) loss: "ce" (cross-entropy; BCE for multi-label) or "dice" (segmentation).
+    """
+
+    name = "defense"
+    tasks: Sequence[str] = ("classification", "multilabel", "segmentation")
+
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        steps: int = 10,
+        alpha: Optional[float] = None,
+        norm: str = "Linf",
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        task: str = "auto",
+        loss: str = "ce",
+    ) -> None:
+        self.eps = check_eps(eps)
+        self.steps = check_int(steps, "steps")
+        self.alpha = survey_step(self.eps) if alpha is None else check_eps(alpha, "alpha")
+        self.norm = check_norm(norm)
+        self.value_range = check_value_range(value_range)
+        if self.value_range is not None and self.eps > self.value_range[1] - self.value_range[0]:
+            raise ValueError(
+                f"`eps`={self.eps:g} is larger than the whole `value_range` {self.value_range}: give eps in the units "
+                "of the images (e.g. 8 / 255 for images in [0, 1])."
+            )
+        self.task = check_choice(task, "task", ("auto", "classification", "multilabel", "segmentation"))
+        self.loss = check_choice(loss, "loss", ("ce", "dice"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps:g}, steps={self.steps}, alpha={self.alpha:g})"
+
+    def __call__(self, network: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Outputs]:
+        """Return the training loss (differentiable w.r.t. the network's parameters) and the logits:
+        ``{"clean": logits on inputs or None, "adversarial": logits on the adversarial inputs or None}``."""
+        return self.objective(network, inputs, targets)
+
+    def objective(self, network, inputs, targets) -> Tuple[torch.Tensor, Outputs]:
+        raise NotImplementedError
+
+    # ---- helpers ----
+    def _criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of logits against targets, for the task."""
+        task = infer_task(self.task, logits.detach(), targets)
+        if task not in self.tasks:
+            raise ValueError(f"The {self.name} defense supports {tuple(self.tasks)}, not {task}.")
+        labels = prepare_labels(task, targets, logits.detach(), "targets")
+        return Objective(task, self.loss, labels, None, logits.detach()).loss(logits, slice(None)).mean()
+
+    def _check_classification(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        task = infer_task(self.task, logits.detach(), targets)
+        if task != "classification":
+            raise ValueError(f"The {self.name} defense is defined for classification, not {task}.")
+        labels = prepare_labels(task, targets, logits.detach(), "targets")
+        if logits.shape[1] == 1:
+            raise ValueError(f"The {self.name} defense needs class logits (N, K >= 2), got a single logit.")
+        return labels
+
+    def _pgd(self, network, inputs, targets, loss: str = "ce") -> torch.Tensor:
+        attack = PGD(
+            _unwrap(network),
+            eps=self.eps,
+            steps=self.steps,
+            alpha=self.alpha,
+            norm=self.norm,
+            loss=loss,
+            value_range=self.value_range,
+            task=self.task,
+            random_start=True,
+            best_iterate=False,
+            early_stop=False,
+            seed=None,
+        )
+        return attack(inputs.detach(), targets)
+
+    def _kl_attack(self, network, inputs: torch.Tensor) -> torch.Tensor:
+        """TRADES' inner maximization: sign steps on KL(f(x') || f(x)) from x + 0.001 N(0, 1), projected."""
+        model = _unwrap(network)
+        x = inputs.detach()
+        with model_state_guard(model), torch.enable_grad():
+            with torch.no_grad():
+                clean = F.softmax(model(x), dim=1)
+            x_adv = clip_to_range(x + 0.001 * torch.randn_like(x), self.value_range)
+            for _ in range(self.steps):
+                x_adv = x_adv.detach().requires_grad_(True)
+                kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                moved = ascent_step(x_adv.detach(), grad, self.alpha, self.norm)
+                x_adv = clip_to_range(x + project(moved - x, self.eps, self.norm), self.value_range)
+        return x_adv.detach()
+
+
+class NaturalTraining(Defense):
+    """Natural training (NAT): the task loss on clean inputs, no attack."""
+
+    name = "nat"
+
+    def objective(self, network, inputs, targets):
+        logits = network(inputs)
+        return self._criterion(logits, targets), {"clean": logits, "adversarial": None}
+
+
+class PGDAT(Defense):
+    """PGD adversarial training (Madry et al. 2018): the task loss on PGD examples (random start, last iterate).
+
+    For classification (CE), multi-label (BCE) and segmentation (CE or Dice, 2D and 3D).
+    """
+
+    name = "pgd_at"
+
+    def objective(self, network, inputs, targets):
+        x_adv = self._pgd(network, inputs, targets, loss=self.loss)
+        logits = network(x_adv)
+        return self._criterion(logits, targets), {"clean": None, "adversarial": logits}
+
+
+class FastAT(Defense):
+    """Fast adversarial training (Wong et al. 2020): one FGSM step of ``alpha`` (default 1.25 eps) from a
+    uniform random start, projected onto the eps-ball."""
+
+    name = "fast_at"
+
+    def __init__(self, eps: float = 8 / 255, alpha: Optional[float] = None, **kwargs) -> None:
+        super().__init__(eps=eps, steps=1, alpha=1.25 * eps if alpha is None else alpha, **kwargs)
+
+    def objective(self, network, inputs, targets):
+        attack = FGSM(
+            _unwrap(network),
+            eps=self.eps,
+            alpha=self.alpha,
+            norm=self.norm,
+            loss=self.loss,
+            value_range=self.value_range,
+            task=self.task,
+            random_start=True,
+            seed=None,
+        )
+        logits = network(attack(inputs.detach(), targets))
+        return self._criterion(logits, targets), {"clean": None, "adversarial": logits}
+
+
+class TRADES(Defense):
+    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(f(x_adv) || f(x))``, x_adv maximizing the KL term.
+
+    Classification only. ``beta=0`` is natural training.
+    """
+
+    name = "trades"
+    tasks = ("classification",)
+
+    def __init__(self, beta: float = 6.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.beta = check_eps(beta, "beta")
+
+    def _kl_term(self, logits_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+
+    def objective(self, network, inputs, targets):
+        logits = network(inputs)
+        labels = self._check_classification(logits, targets)
+        natural = F.cross_entropy(logits, labels)
+        if self.beta == 0:
+            return natural, {"clean": logits, "adversarial": None}
+        logits_adv = network(self._kl_attack(network, inputs))
+        return natural + self.beta * self._kl_term(logits_adv, logits), {"clean": logits, "adversarial": logits_adv}
+
+
+class MART(Defense):
+    """MART (Wang et al. 2020): boosted CE on PGD examples plus ``beta`` times a KL term weighted by how
+    badly each clean sample is classified (``1 - p_y(x)``). Classification only."""
+
+    name = "mart"
+    tasks = ("classification",)
+
+    def __init__(self, beta: float = 6.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.beta = check_eps(beta, "beta")
+
+    def objective(self, network, inputs, targets):
+        x_adv = self._pgd(network, inputs, targets)
+        logits, logits_adv = network(inputs), network(x_adv)
+        labels = self._check_classification(logits, targets)
+        probs_adv = F.softmax(logits_adv, dim=1)
+        # the most likely wrong class on the adversarial input
+        wrong = probs_adv.scatter(1, labels[:, None], -1.0).argmax(dim=1)
+        boosted = F.cross_entropy(logits_adv, labels) + F.nll_loss(torch.log(1.0001 - probs_adv + 1e-12), wrong)
+        probs = F.softmax(logits, dim=1)
+        true_prob = probs.gather(1, labels[:, None])[:, 0]
+        kl = F.kl_div(torch.log(probs_adv + 1e-12), probs, reduction="none").sum(dim=1)
+        robust = (kl * (1.0000001 - true_prob)).mean()
+        return boosted + self.beta * robust, {"clean": logits, "adversarial": logits_adv}
+
+
+class HAT(TRADES):
+    """Helper-based adversarial training (Rade & Moosavi-Dezfooli 2022): TRADES plus ``gamma`` times the CE of
+    helper examples ``x + h (x_adv - x)`` labelled by a naturally trained helper network's prediction on x_adv.
+
+    Args:
+        helper: the naturally trained (NAT) network that labels the helper examples; required.
+        h: how far past the adversarial example the helper example lies.
+        gamma: weight of the helper term.
+        beta: weight of the TRADES term.
+    """
+
+    name = "hat"
+
+    def __init__(
+        self, helper: Optional[Callable] = None, h: float = 3.5, gamma: float = 1.0, beta: float = 3.0, **kwargs
+    ) -> None:
+        if helper is None or not callable(helper):
+            raise ValueError("HAT needs `helper`: a naturally trained network that labels the helper examples.")
+        super().__init__(beta=beta, **kwargs)
+        self.helper, self.h, self.gamma = helper, check_eps(h, "h"), check_eps(gamma, "gamma")
+
+    def objective(self, network, inputs, targets):
+        logits = network(inputs)
+        labels = self._check_classification(logits, targets)
+        x_adv = self._kl_attack(network, inputs)
+        x_helper = clip_to_range(inputs + self.h * (x_adv - inputs), self.value_range).detach()
+        with model_state_guard(self.helper), torch.no_grad():
+            helper_labels = self.helper(x_adv).argmax(dim=1)
+        logits_adv = network(x_adv)
+        loss = F.cross_entropy(logits, labels) + self.beta * self._kl_term(logits_adv, logits)
+        loss = loss + self.gamma * F.cross_entropy(network(x_helper), helper_labels)
+        return loss, {"clean": logits, "adversarial": logits_adv}

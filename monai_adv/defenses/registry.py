@@ -1,0 +1,42 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Build training objectives by name."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Tuple, Type
+
+from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
+
+__all__ = ["make_defense", "available_defenses"]
+
+_DEFENSES: Dict[str, Type[Defense]] = {
+    "nat": NaturalTraining,
+    "pgd_at": PGDAT,
+    "fast_at": FastAT,
+    "trades": TRADES,
+    "mart": MART,
+    "hat": HAT,
+}
+
+
+def available_defenses() -> Tuple[str, ...]:
+    return tuple(sorted(_DEFENSES))
+
+
+def make_defense(name: str, **kwargs: Any) -> Defense:
+    """Build a defense by name, e.g. ``make_defense("trades", eps=8 / 255, beta=6.0)``."""
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
+    if key not in _DEFENSES:
+        raise ValueError(f"`name` must be one of {list(available_defenses())}, got {name!r}.")
+    cls = _DEFENSES[key]
+    accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Defense.__init__).parameters)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise TypeError(f"Defense {name!r} ({cls.__name__}) takes no argument(s) {unknown}.")
+    return cls(**kwargs)

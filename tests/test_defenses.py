@@ -1,0 +1,120 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Adversarial training objectives."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_adv.defenses import HAT, TRADES, available_defenses, make_defense, survey_step
+from tests.cases import same_snapshot, snapshot
+from tests.models import TinyClassifier, TinySegmenter, bars_dataset
+
+
+@pytest.fixture
+def problem():
+    x, y = bars_dataset(64, seed=3)
+    torch.manual_seed(0)
+    return TinyClassifier(2, 1, 3), x, y
+
+
+def _train(defense, net, x, y, steps=25):
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    losses = []
+    for _ in range(steps):
+        net.train()
+        opt.zero_grad()
+        loss, outputs = defense(net, x, y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("name", ["nat", "pgd_at", "fast_at", "trades", "mart", "hat"])
+def test_each_objective_lowers_its_loss(problem, name):
+    net, x, y = problem
+    kwargs = {"eps": 8 / 255, "steps": 3}
+    if name == "hat":
+        torch.manual_seed(1)
+        helper = TinyClassifier(2, 1, 3)
+        _train(make_defense("nat"), helper, x, y, steps=20)
+        kwargs["helper"] = helper.eval()
+    if name == "fast_at":
+        kwargs.pop("steps")
+    torch.manual_seed(0)
+    losses = _train(make_defense(name, **kwargs), net, x, y)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, f"{name}: {losses[:5]} -> {losses[-5:]}"
+
+
+def test_outputs_and_network_mode(problem):
+    net, x, y = problem
+    net.train()
+    loss, outputs = make_defense("pgd_at", steps=2)(net, x, y)
+    assert net.training, "the network is back in train mode for the update"
+    assert outputs["clean"] is None and outputs["adversarial"].shape == (64, 3)
+    assert loss.requires_grad and all(p.grad is None for p in net.parameters())
+    _, outputs = make_defense("trades", steps=2)(net, x, y)
+    assert outputs["clean"].shape == outputs["adversarial"].shape == (64, 3)
+
+
+def test_attack_generation_leaves_batchnorm_statistics_alone(problem):
+    net, x, y = problem
+    net.train()
+    before = snapshot(net)
+    defense = make_defense("pgd_at", steps=2)
+    x_adv = defense._pgd(net, x, y)
+    assert same_snapshot(before, snapshot(net))
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-7
+
+
+def test_trades_with_beta_zero_is_natural_cross_entropy(problem):
+    net, x, y = problem
+    loss, _ = TRADES(beta=0.0)(net, x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(net(x), y))
+
+
+def test_pgd_at_for_multilabel_and_segmentation_2d_3d():
+    torch.manual_seed(0)
+    multilabel = TinyClassifier(2, 1, 4)
+    x = torch.rand(8, 1, 8, 8)
+    y = (torch.rand(8, 4) > 0.5).float()
+    losses = _train(make_defense("pgd_at", steps=2), multilabel, x, y, steps=15)
+    assert losses[-1] < losses[0]
+    for dims in (2, 3):
+        seg = TinySegmenter(dims, 1, 2)
+        x = torch.rand(2, 1, *(8,) * dims)
+        y = (x > 0.5).long()
+        for loss_name in ("ce", "dice"):
+            losses = _train(make_defense("pgd_at", steps=2, loss=loss_name), seg, x, y, steps=15)
+            assert losses[-1] < losses[0], (dims, loss_name, losses)
+
+
+def test_survey_defaults():
+    assert [survey_step(e / 255) * 255 for e in (1, 2, 4, 8)] == pytest.approx([0.5, 0.5, 1.0, 2.0])
+    defense = make_defense("pgd_at")
+    assert defense.steps == 10 and defense.eps == 8 / 255 and defense.alpha == pytest.approx(2 / 255)
+    assert make_defense("fast_at", eps=8 / 255).alpha == pytest.approx(10 / 255)
+    assert set(available_defenses()) == {"nat", "pgd_at", "fast_at", "trades", "mart", "hat"}
+
+
+def test_bad_input(problem):
+    net, x, y = problem
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        make_defense("free_at")
+    with pytest.raises(TypeError, match=r"takes no argument\(s\) \['gamma'\]"):
+        make_defense("trades", gamma=1.0)
+    with pytest.raises(ValueError, match="HAT needs `helper`"):
+        HAT()
+    with pytest.raises(ValueError, match="larger than the whole `value_range`"):
+        make_defense("pgd_at", eps=8.0)
+    seg = TinySegmenter(2, 1, 2)
+    with pytest.raises(ValueError, match="defined for classification, not segmentation"):
+        make_defense("trades", steps=1)(seg, torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="`loss` must be one of"):
+        make_defense("pgd_at", loss="hinge")

@@ -1,0 +1,118 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""A MONAI ``SupervisedTrainer`` that trains with an adversarial training objective."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Union
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.inferers import SimpleInferer
+from monai.utils import CommonKeys as Keys
+
+from monai_adv.attacks import InfererModel, model_state_guard
+from monai_adv.defenses import Defense, make_defense
+
+__all__ = ["RobustTrainer"]
+
+
+def _batch_accuracy(logits: Optional[torch.Tensor], targets: torch.Tensor) -> Optional[float]:
+    """Accuracy of a classification (exact match for multi-label) batch; None for other outputs."""
+    if logits is None or logits.ndim != 2:
+        return None
+    with torch.no_grad():
+        if targets.ndim == 2 and targets.shape == logits.shape and logits.shape[1] > 1:
+            return float(((logits > 0).float() == targets.float()).all(dim=1).float().mean())
+        labels = targets.reshape(-1).long()
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+        return float((pred == labels).float().mean())
+
+
+class RobustTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration minimizes an adversarial training objective.
+
+    It takes every argument of MONAI's ``SupervisedTrainer`` plus ``defense`` (a
+    :class:`~monai_adv.defenses.Defense` or a name for :func:`~monai_adv.defenses.make_defense`), fires MONAI's
+    ``IterationEvents`` (FORWARD_COMPLETED, LOSS_COMPLETED, BACKWARD_COMPLETED, MODEL_COMPLETED), supports
+    ``amp=True``, and puts into ``engine.state.output``, next to the usual image/label/pred/loss, the batch
+    accuracy on clean inputs (``"clean_accuracy"``) and on the defense's adversarial inputs
+    (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
+    (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
+    and may be None.
+
+    Example::
+
+        trainer = RobustTrainer(device="cpu", max_epochs=10, train_data_loader=loader, network=net,
+                                optimizer=opt, loss_function=None, defense="pgd_at",
+                                defense_kwargs={"eps": 8 / 255})
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        defense: Union[str, Defense] = "pgd_at",
+        defense_kwargs: Optional[Dict[str, Any]] = None,
+        loss_function: Optional[Any] = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(defense, str):
+            defense = make_defense(defense, **(defense_kwargs or {}))
+        elif not isinstance(defense, Defense):
+            raise TypeError(f"`defense` must be a Defense or a defense name, got {type(defense).__name__}.")
+        elif defense_kwargs:
+            raise ValueError("`defense_kwargs` only applies when `defense` is a name.")
+        self.defense = defense
+        super().__init__(*args, loss_function=loss_function or torch.nn.CrossEntropyLoss(), **kwargs)
+
+    def _model(self, engine) -> Any:
+        if self.inferer is None or type(engine.inferer) is SimpleInferer:
+            return engine.network
+        return InfererModel(engine.network, engine.inferer)
+
+    def _iteration(self, engine: RobustTrainer, batchdata: Dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        model = self._model(engine)
+
+        def _compute_loss():
+            loss, outputs = engine.defense(model, inputs, targets)
+            engine.state.output[Keys.PRED] = (
+                outputs["adversarial"] if outputs["adversarial"] is not None else outputs["clean"]
+            )
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.state.output[Keys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            return outputs
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                outputs = _compute_loss()
+            engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            outputs = _compute_loss()
+            engine.state.output[Keys.LOSS].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        clean = outputs["clean"]
+        if clean is None and inputs.ndim >= 3:
+            with model_state_guard(engine.network), torch.no_grad():
+                clean = model(inputs)
+        engine.state.output["clean_accuracy"] = _batch_accuracy(clean, targets)
+        engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,88 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""RobustTrainer: a SupervisedTrainer with an adversarial training objective."""
+
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.engines.utils import IterationEvents
+
+from monai_adv.data import BrainLesionDataset
+from monai_adv.defenses import make_defense
+from monai_adv.engines import RobustTrainer
+from tests.models import TinyClassifier
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return DataLoader(BrainLesionDataset("train", "classification", 2, num_samples=64, image_size=32), batch_size=16)
+
+
+@pytest.mark.parametrize("defense", ["pgd_at", "trades"])
+def test_two_epoch_run_fires_events_and_reports_accuracies(loader, defense):
+    torch.manual_seed(0)
+    net = TinyClassifier(2, 1, 2)
+    trainer = RobustTrainer(
+        device="cpu",
+        max_epochs=2,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-2),
+        defense=defense,
+        defense_kwargs={"eps": 2 / 255, "steps": 3},
+    )
+    fired = []
+    for event in IterationEvents:
+        trainer.add_event_handler(event, lambda engine, e=event: fired.append(e))
+    losses = []
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 8
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    expected = {
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    }
+    assert set(fired) == expected and fired.count(IterationEvents.MODEL_COMPLETED) == 8
+    out = trainer.state.output[0]  # decollated per sample, as MONAI's handlers expect
+    assert 0.0 <= out["clean_accuracy"] <= 1.0 and 0.0 <= out["adversarial_accuracy"] <= 1.0
+    assert out["pred"].shape == (2,) and len(trainer.state.output) == 16
+    assert net.training
+
+
+def test_accepts_a_defense_instance_and_amp_flag(loader):
+    net = TinyClassifier(2, 1, 2)
+    trainer = RobustTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.1),
+        defense=make_defense("fast_at", eps=2 / 255),
+        amp=True,
+    )
+    trainer.run()
+    assert trainer.state.iteration == 4 and trainer.state.output[0]["adversarial_accuracy"] is not None
+
+
+def test_bad_defense_arguments(loader):
+    net = TinyClassifier(2, 1, 2)
+    common = {
+        "device": "cpu",
+        "max_epochs": 1,
+        "train_data_loader": loader,
+        "network": net,
+        "optimizer": torch.optim.SGD(net.parameters(), 0.1),
+    }
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        RobustTrainer(**common, defense="free_at")
+    with pytest.raises(TypeError, match="`defense` must be a Defense"):
+        RobustTrainer(**common, defense=42)
+    with pytest.raises(ValueError, match="`defense_kwargs` only applies"):
+        RobustTrainer(**common, defense=make_defense("nat"), defense_kwargs={"eps": 0.1})

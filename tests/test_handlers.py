@@ -1,0 +1,109 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""AdversarialBatchHandler in existing MONAI pipelines: trainer, evaluator, ValidationHandler, CheckpointSaver."""
+
+import logging
+
+import pytest
+import torch
+from ignite.engine import Events
+from ignite.metrics import Accuracy
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import CheckpointSaver, StatsHandler, ValidationHandler
+
+from monai_adv.attacks import PGD
+from monai_adv.data import BrainLesionDataset
+from monai_adv.handlers import AdversarialBatchHandler
+from tests.models import TinyClassifier
+
+PGD_KWARGS = {"eps": 4 / 255, "steps": 3, "random_start": False}
+
+
+def _batched(out):
+    return out["pred"], out["label"]
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    train = BrainLesionDataset("train", "classification", 2, num_samples=48, image_size=32)
+    val = BrainLesionDataset("val", "classification", 2, num_samples=32, image_size=32)
+    return DataLoader(train, batch_size=16, shuffle=True), DataLoader(val, batch_size=16)
+
+
+def test_composes_with_stats_validation_and_checkpoint_handlers(loaders, tmp_path, caplog):
+    train_loader, val_loader = loaders
+    torch.manual_seed(0)
+    net = TinyClassifier(2, 1, 2)
+    evaluator = SupervisedEvaluator(
+        device="cpu",
+        val_data_loader=val_loader,
+        network=net,
+        decollate=False,
+        key_val_metric={"robust_acc": Accuracy(output_transform=_batched)},
+        val_handlers=[
+            AdversarialBatchHandler("pgd", PGD_KWARGS),  # the evaluator's metric becomes robust accuracy
+            CheckpointSaver(str(tmp_path), {"net": net}, save_key_metric=True, key_metric_name="robust_acc"),
+        ],
+    )
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=2,
+        train_data_loader=train_loader,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-2),
+        loss_function=torch.nn.CrossEntropyLoss(),
+        train_handlers=[
+            AdversarialBatchHandler("fgsm", {"eps": 4 / 255, "random_start": True, "alpha": 5 / 255}, ratio=0.5),
+            ValidationHandler(validator=evaluator, interval=1),
+            StatsHandler(name="robust_training", output_transform=lambda out: out[0]["loss"]),
+        ],
+    )
+    with caplog.at_level(logging.INFO, logger="robust_training"):
+        trainer.run()
+    assert trainer.state.epoch == 2
+    assert any(p.name.startswith("net_key_metric=") for p in tmp_path.iterdir()), "the best robust model is saved"
+    # the evaluator's key metric is exactly the accuracy under the same (deterministic) attack
+    net.eval()
+    x = torch.cat([b["image"].as_tensor() for b in val_loader])
+    y = torch.cat([b["label"] for b in val_loader])
+    x_adv = PGD(net, early_stop=False, **PGD_KWARGS)(x, y)
+    with torch.no_grad():
+        expected = float((net(x_adv).argmax(1) == y).float().mean())
+    assert evaluator.state.metrics["robust_acc"] == pytest.approx(expected)
+
+
+def test_ratio_replaces_part_of_the_batch(loaders):
+    train_loader, _ = loaders
+    net = TinyClassifier(2, 1, 2)
+    seen = []
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=1,
+        train_data_loader=train_loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.0),
+        loss_function=torch.nn.CrossEntropyLoss(),
+    )
+    handler = AdversarialBatchHandler("pgd", PGD_KWARGS, ratio=0.25)
+    originals = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: originals.append(e.state.batch["image"].clone()))
+    handler.attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.batch["image"].clone()))
+    trainer.run()
+    changed = (seen[0] != originals[0]).flatten(1).any(dim=1)
+    assert int(changed.sum()) == 4 and (seen[0] - originals[0]).abs().max() <= 4 / 255 + 1e-7
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"`ratio` must be in \(0, 1\]"):
+        AdversarialBatchHandler(ratio=0.0)
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        AdversarialBatchHandler("deepfool")
+    with pytest.raises(TypeError, match="`attack` must be an attack name"):
+        AdversarialBatchHandler(3)

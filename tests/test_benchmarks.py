@@ -31,3 +31,16 @@ def test_demo_data_difficulty_benchmark_tiny(tmp_path):
     assert json.loads(out.read_text())["results"].keys() == results.keys() == {"classification", "segmentation"}
     for row in results.values():
         assert 0.0 <= row["value"] <= 1.0
+
+
+def test_defense_evidence_tiny_and_resume(tmp_path):
+    from benchmarks.defense_evidence import METHODS, main
+
+    out = tmp_path / "evidence.json"
+    results = main(["--tiny", "--out", str(out)])
+    assert set(results) == set(METHODS)
+    for row in results.values():
+        assert {"clean_accuracy", "pgd20_2", "pgd20_8"} <= set(row)
+    # a rerun finds every method done and trains nothing again
+    again = main(["--tiny", "--out", str(out)])
+    assert again == json.loads(out.read_text())["results"] == results

@@ -107,3 +107,22 @@ def test_bad_arguments():
         AdversarialBatchHandler("deepfool")
     with pytest.raises(TypeError, match="`attack` must be an attack name"):
         AdversarialBatchHandler(3)
+
+
+def test_built_from_a_bundle_config():
+    from monai.bundle import ConfigParser
+
+    config = {
+        "handlers": [
+            {
+                "_target_": "monai_adv.handlers.AdversarialBatchHandler",
+                "attack": "pgd",
+                "attack_kwargs": {"eps": 0.0078, "steps": 10},
+                "ratio": 0.5,
+            }
+        ]
+    }
+    parser = ConfigParser(config)
+    handler = parser.get_parsed_content("handlers")[0]
+    assert isinstance(handler, AdversarialBatchHandler) and handler.ratio == 0.5
+    assert handler.attack_kwargs["eps"] == 0.0078

@@ -44,7 +44,8 @@ class RobustTrainer(SupervisedTrainer):
     accuracy on clean inputs (``"clean_accuracy"``) and on the defense's adversarial inputs
     (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
     (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
-    and may be None.
+    and may be None. For defenses that never evaluate the clean batch (PGD-AT, fast-AT), the clean accuracy costs
+    one extra forward pass without gradients per iteration (about 3 % of a PGD-AT-10 iteration).
 
     Example::
 

@@ -45,7 +45,7 @@ class RobustTrainer(SupervisedTrainer):
     (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
     (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
     and may be None. For defenses that never evaluate the clean batch (PGD-AT, fast-AT), the clean accuracy costs
-    one extra forward pass without gradients per iteration (about 3 % of a PGD-AT-10 iteration).
+    one extra forward pass without gradients per iteration (next to the ten forward and backward passes of PGD-AT).
 
     Example::
 

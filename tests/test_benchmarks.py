@@ -44,3 +44,15 @@ def test_defense_evidence_tiny_and_resume(tmp_path):
     # a rerun finds every method done and trains nothing again
     again = main(["--tiny", "--out", str(out)])
     assert again == json.loads(out.read_text())["results"] == results
+
+
+def test_performance_benchmark_tiny(tmp_path):
+    pytest.importorskip("torchattacks")
+    from benchmarks.run import main
+
+    out = tmp_path / "run.json"
+    payload = main(["--tiny", "--out", str(out), "--doc", str(tmp_path / "performance.md")])
+    saved = json.loads(out.read_text())
+    assert saved.keys() == payload.keys() >= {"overhead", "torchattacks", "training"}
+    assert all(row["ratio"] > 0 for row in saved["overhead"].values())
+    assert not (tmp_path / "performance.md").exists(), "a tiny run does not overwrite the documented table"

@@ -1,0 +1,232 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Cost of our attacks and training next to their bare cost and next to torchattacks, in one run.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run            # prints a table, writes JSON and docs/performance.md
+    python -m benchmarks.run --tiny     # a smoke run (writes JSON only)
+
+Measured, each comparison interleaved in the same process with medians over ``--repeats``:
+
+- overhead: our PGD-20 / a bare loop of 20 input-gradient forward+backward passes with sign steps, for a 2D
+  classifier (64x64) and a 3D UNet (64^3);
+- torchattacks: PGD-20, APGD-CE-100 and Square-1000 on a small CNN trained here (synthetic bar images):
+  time ratio and robust accuracy;
+- adversarial training: an epoch of PGD-AT-10 and of fast-AT over an epoch of natural training (RobustTrainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+from monai.data import DataLoader
+from monai.networks.nets import ResNet, UNet
+
+from benchmarks.autoattack_reference import write_json_atomic
+from monai_adv.attacks import APGD, PGD, Square
+from monai_adv.data import BrainLesionDataset
+from monai_adv.engines import RobustTrainer
+from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier
+
+
+def _median_times(functions: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Run the functions interleaved ``repeats`` times; median wall time of each."""
+    times: Dict[str, List[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
+    """The bare cost of a K-step attack: K forward+backward passes for the input gradient, sign steps."""
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
+        x_adv = (x + (x_adv.detach() + eps / 4 * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv
+
+
+def overhead(tiny: bool, repeats: int) -> Dict[str, dict]:
+    rows = {}
+    torch.manual_seed(0)
+    net2d = ResNet("basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, n_input_channels=1, num_classes=2).eval()
+    unet = UNet(3, 1, 2, channels=(8, 16, 32), strides=(2, 2), num_res_units=1).eval()
+    cases = {
+        "2D classifier 64x64 (batch 16)": (net2d, torch.rand(16, 1, 64, 64), torch.randint(0, 2, (16,))),
+        "3D UNet 64^3 (batch 1)": (unet, torch.rand(1, 1, 64, 64, 64), torch.randint(0, 2, (1, 1, 64, 64, 64))),
+    }
+    steps = 2 if tiny else 20
+    for name, (model, x, y) in cases.items():
+        if tiny:
+            x = x[..., :32, :32] if x.ndim == 4 else x[..., :16, :16, :16]
+            y = y if y.ndim == 1 else y[..., :16, :16, :16]
+        for p in model.parameters():
+            p.requires_grad_(False)  # the bare loop computes input gradients only, as our attacks do
+        target = y if y.ndim == 1 else y[:, 0]
+        eps = 4 / 255
+        times = _median_times(
+            {
+                "bare": lambda m=model, a=x, b=target, e=eps: bare_loop(m, a, b, steps, e),
+                "ours": lambda m=model, a=x, b=y, e=eps: PGD(m, eps=e, steps=steps, early_stop=False)(a, b),
+            },
+            repeats,
+        )
+        rows[name] = {
+            "bare_seconds": times["bare"],
+            "ours_seconds": times["ours"],
+            "ratio": times["ours"] / times["bare"],
+        }
+    return rows
+
+
+def against_torchattacks(tiny: bool, repeats: int) -> Dict[str, dict]:
+    import torchattacks
+
+    x_train, y_train = bars_dataset(256 if tiny else 1024, seed=0)
+    x, y = bars_dataset(32 if tiny else 256, seed=1)
+    torch.manual_seed(0)
+    model = train_classifier(TinyClassifier(2, 1, 3, width=8), x_train, y_train, epochs=2 if tiny else 15)
+    eps = 12 / 255
+    budget = {"pgd": 2 if tiny else 20, "apgd": 5 if tiny else 100, "square": 20 if tiny else 1000}
+    pairs = {
+        f"PGD-{budget['pgd']}": (
+            lambda: PGD(model, eps=eps, steps=budget["pgd"], alpha=eps / 4),
+            lambda: torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=budget["pgd"], random_start=True),
+        ),
+        f"APGD-CE-{budget['apgd']}": (
+            lambda: APGD(model, eps=eps, steps=budget["apgd"]),
+            lambda: torchattacks.APGD(model, eps=eps, steps=budget["apgd"], loss="ce", seed=0),
+        ),
+        f"Square-{budget['square']}": (
+            lambda: Square(model, eps=eps, queries=budget["square"], rescale_schedule=True),
+            lambda: torchattacks.Square(model, eps=eps, n_queries=budget["square"], seed=0),
+        ),
+    }
+    rows = {}
+    for name, (ours, theirs) in pairs.items():
+        outputs: Dict[str, torch.Tensor] = {}
+
+        def run(key: str, make: Callable, store: Dict[str, torch.Tensor] = outputs) -> None:
+            store[key] = make()(x, y)
+
+        times = _median_times(
+            {"ours": lambda make=ours: run("ours", make), "theirs": lambda make=theirs: run("theirs", make)}, repeats
+        )
+        rows[name] = {
+            "ours_seconds": times["ours"],
+            "torchattacks_seconds": times["theirs"],
+            "time_ratio": times["ours"] / times["theirs"],
+            "ours_robust_accuracy": accuracy(model, outputs["ours"], y),
+            "torchattacks_robust_accuracy": accuracy(model, outputs["theirs"], y),
+        }
+    return rows
+
+
+def training(tiny: bool, repeats: int) -> Dict[str, dict]:
+    data = BrainLesionDataset("train", "classification", 2, num_samples=32 if tiny else 256, image_size=32)
+    loader = DataLoader(data, batch_size=32)
+
+    def epoch(defense: str, kwargs: dict) -> None:
+        torch.manual_seed(0)
+        net = ResNet("basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, n_input_channels=1, num_classes=2)
+        RobustTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=loader,
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), 0.01),
+            defense=defense,
+            defense_kwargs=kwargs,
+        ).run()
+
+    steps = 2 if tiny else 10
+    times = _median_times(
+        {
+            "nat": lambda: epoch("nat", {}),
+            "pgd_at": lambda: epoch("pgd_at", {"eps": 8 / 255, "steps": steps}),
+            "fast_at": lambda: epoch("fast_at", {"eps": 8 / 255}),
+        },
+        repeats,
+    )
+    return {
+        f"PGD-AT-{steps} / natural": {"ratio": times["pgd_at"] / times["nat"], "epoch_seconds": times["pgd_at"]},
+        "fast-AT / natural": {"ratio": times["fast_at"] / times["nat"], "epoch_seconds": times["fast_at"]},
+        "natural": {"ratio": 1.0, "epoch_seconds": times["nat"]},
+    }
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `python -m benchmarks.run` on {payload['machine']} (torch {payload['torch']}), medians over "
+        f"{payload['repeats']} interleaved repeats.",
+        "",
+        "| overhead | bare (s) | ours (s) | ours / bare |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, row in payload["overhead"].items():
+        lines.append(f"| {name} | {row['bare_seconds']:.3f} | {row['ours_seconds']:.3f} | {row['ratio']:.2f} |")
+    lines += [
+        "",
+        "Robust accuracies below come from one random-start seed per attack: a single run differs from another by a",
+        "few samples, so compare them over seeds (the tests do, and from identical starts).",
+        "",
+        "| against torchattacks | ours (s) | torchattacks (s) | time ratio | robust acc. ours | robust acc. theirs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in payload["torchattacks"].items():
+        lines.append(
+            f"| {name} | {row['ours_seconds']:.2f} | {row['torchattacks_seconds']:.2f} | {row['time_ratio']:.2f} | "
+            f"{row['ours_robust_accuracy']:.4f} | {row['torchattacks_robust_accuracy']:.4f} |"
+        )
+    lines += ["", "| adversarial training (one epoch) | seconds | ratio to natural |", "| --- | --- | --- |"]
+    for name, row in payload["training"].items():
+        lines.append(f"| {name} | {row['epoch_seconds']:.2f} | {row['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/run.json"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/performance.md"))
+    args = parser.parse_args(argv)
+    repeats = 1 if args.tiny else args.repeats
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    payload = {
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "overhead": overhead(args.tiny, repeats),
+        "torchattacks": against_torchattacks(args.tiny, repeats),
+        "training": training(args.tiny, repeats),
+    }
+    text = markdown(payload)
+    print(text)
+    write_json_atomic(args.out, payload)
+    if not args.tiny:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

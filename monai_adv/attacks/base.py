@@ -257,6 +257,12 @@ class Attack:
             raise RuntimeError(message)
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def query(self, state: AttackState, x: torch.Tensor, idx: torch.Tensor):
+        """One model evaluation without gradients: per-sample loss (float64) and success of ``x`` for ``idx``."""
+        with torch.no_grad():
+            logits = self.forward(x)
+            return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
+
     def generators(self, state: AttackState, idx: torch.Tensor, stream: int) -> List[torch.Generator]:
         """Per-sample generators for the samples ``idx`` and a stream number (e.g. restart index)."""
         keys = [state.keys[i] for i in idx.tolist()]

@@ -14,6 +14,7 @@ import torch
 
 from monai_adv.attacks.base import Attack, AttackState, BestIterate
 from monai_adv.attacks.objective import Objective
+from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["FAB", "hyperplane_projection"]
@@ -157,7 +158,7 @@ class FAB(Attack):
             noise = torch.stack([2 * torch.rand(x0.shape[1:], generator=g, device=x0.device) - 1 for g in generators])
             noise = noise.to(x0.dtype) if mask is None else noise.to(x0.dtype) * mask
             scale = 0.5 * self.eps / self._norms(noise).clamp_min(1e-12)
-            x1 = self._clip(x0 + noise * scale.reshape(-1, *[1] * (x0.ndim - 1)))
+            x1 = clip_to_range(x0 + noise * scale.reshape(-1, *[1] * (x0.ndim - 1)), self.value_range)
         for _ in range(self.steps):
             if idx.numel() == 0:
                 return
@@ -182,7 +183,7 @@ class FAB(Attack):
                 d1, d2 = d[:n], d[n:]
                 a = self._norms(d).clamp_min(1e-8)
                 alpha = (a[:n] / (a[:n] + a[n:])).clamp(0.0, self.alpha_max).reshape(-1, *[1] * (x1.ndim - 1))
-                x1 = self._clip((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha)
+                x1 = clip_to_range((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha, self.value_range)
                 if mask is not None:
                     x1 = torch.where(mask > 0, x1, x0)
                 logits = self.forward(x1)
@@ -196,11 +197,6 @@ class FAB(Attack):
                     if not bool(keep.all()):
                         idx, x0, x1, labels, targets = idx[keep], x0[keep], x1[keep], labels[keep], targets[keep]
                         mask = None if mask is None else mask[keep]
-
-    def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        if self.value_range is None:
-            return x
-        return x.clamp(self.value_range[0], self.value_range[1])
 
     def _perturb(self, state: AttackState):
         best = BestIterate(state.x, state.clean_success)

@@ -162,16 +162,11 @@ class SimBA(Attack):
         q[torch.arange(n, device=device), channel] = pattern
         return q
 
-    def _evaluate(self, state: AttackState, x: torch.Tensor, idx: torch.Tensor):
-        with torch.no_grad():
-            logits = self.forward(x)
-            return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
-
     def _try(self, state: AttackState, best: BestIterate, used: torch.Tensor, idx: torch.Tensor, move: torch.Tensor):
         """Query ``best.x + move`` (projected) for the samples ``idx``; keep it where it helps; return where kept."""
         x0 = state.x[idx]
         candidate = clip_to_range(x0 + project(best.x[idx] + move - x0, self.eps, self.norm), self.value_range)
-        loss, success = self._evaluate(state, candidate, idx)
+        loss, success = self.query(state, candidate, idx)
         used[idx] += 1
         return best.update(idx, candidate, loss, success)
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
@@ -175,11 +175,6 @@ class Square(Attack):
             delta = delta * mask
         return clip_to_range(x0 + delta, self.value_range)
 
-    def _evaluate(self, state: AttackState, x: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            logits = self.forward(x)
-            return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
-
     def _perturb(self, state: AttackState):
         n, device = state.x.shape[0], state.x.device
         used = torch.ones(n, dtype=torch.long, device=device)  # the clean pass
@@ -194,7 +189,7 @@ class Square(Attack):
         generators = self.generators(state, idx, 0)
         mask = state.mask
         x_start = self._start(state.x[idx], generators, None if mask is None else mask[idx])
-        loss, success = self._evaluate(state, x_start, idx)
+        loss, success = self.query(state, x_start, idx)
         best.update(idx, x_start, loss, success)
         used[idx] += 1
         spatial = tuple(state.x.shape[2:])
@@ -212,7 +207,7 @@ class Square(Attack):
             fraction = square_fraction(self.p_init, it, iterations, self.rescale_schedule)
             x0 = state.x[idx]
             proposal = self._propose(x0, best.x[idx], uniforms.draw(), fraction, None if mask is None else mask[idx])
-            loss, success = self._evaluate(state, proposal, idx)
+            loss, success = self.query(state, proposal, idx)
             best.update(idx, proposal, loss, success)
             used[idx] += 1
         return best.x, best.success, best.loss, used

@@ -22,18 +22,20 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["monai_adv", "monai_adv.*"]),
     include_package_data=True,
-    package_data={"monai_adv.data": ["assets/*.npz", "assets/NOTICE"]},
+    package_data={"monai_adv.data": ["assets/*.npz", "assets/NOTICE"], "monai_adv.benchmark": ["*.json"]},
     install_requires=[
         # install the PyTorch build for your platform first; any torch that MONAI supports works
         "torch>=2.0",
         "numpy>=1.24",
         "monai[fire,nibabel,itk,ignite]>=1.4",
+        "matplotlib>=3.5",  # report plots
+        "tqdm>=4.60",  # progress bars of the command line
     ],
     extras_require={
         # torchattacks (the reference used by the tests) is installed separately with `--no-deps`:
         # its metadata requires torchvision and an old `requests`, which the code it runs never imports,
         # and resolving them would replace the platform's PyTorch build. See README "Tests".
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "scipy", "tqdm", "requests"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "scipy", "requests", "jsonschema>=4"],
     },
     entry_points={"console_scripts": ["monai-adv=monai_adv.cli:main"]},
     classifiers=[

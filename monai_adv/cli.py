@@ -12,11 +12,14 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
 
 from monai_adv import __version__
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+DEFAULT_EPS = "1/255,2/255,4/255,8/255"
 
 
 def _format_value(key: str, value: Any) -> str:
@@ -46,21 +49,214 @@ def _attacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str) -> List[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _value_range(text: str) -> Optional[Tuple[float, float]]:
+    from monai_adv.apps.sources import CommandError
+
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CommandError(f"--value-range: expected 'lo,hi' (e.g. '0,1') or 'none', got {text!r}") from None
+    return lo, hi
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from monai_adv.apps.demo import DemoConfig, run_demo
+    from monai_adv.apps.sources import parse_eps
+
+    config = DemoConfig(
+        out=Path(args.out),
+        epochs=args.epochs,
+        train_samples=args.train_samples,
+        test_samples=args.test_samples,
+        eps=parse_eps(args.eps),
+        attacks=_csv(args.attacks) if args.attacks else None,
+        full=args.full,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    run_demo(config)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from monai_adv.apps.evaluate import run_evaluate
+    from monai_adv.apps.sources import parse_eps
+
+    run_evaluate(
+        data=args.data,
+        attacks=_csv(args.attacks),
+        eps=parse_eps(args.eps),
+        out=Path(args.out),
+        bundle=args.bundle,
+        checkpoint=args.checkpoint,
+        network=args.network,
+        surrogate_checkpoint=args.surrogate_checkpoint,
+        surrogate_network=args.surrogate_network,
+        norm=args.norm,
+        value_range=_value_range(args.value_range),
+        task=args.task,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from monai_adv.apps.sources import CommandError, parse_eps
+    from monai_adv.benchmark.grid import GridConfig, run_grid
+
+    config = GridConfig(
+        out=Path(args.out),
+        data=args.data,
+        tasks=_csv(args.tasks),
+        methods=_csv(args.methods),
+        eps=parse_eps(args.eps),
+        attacks=_csv(args.attacks) if args.attacks else None,
+        epochs=args.epochs,
+        train_samples=args.train_samples,
+        test_samples=args.test_samples,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    try:
+        run_grid(config)
+    except (ValueError, FileNotFoundError) as e:
+        raise CommandError(str(e)) from e
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from monai_adv.apps.attack_image import run_attack
+    from monai_adv.apps.sources import CommandError, parse_eps
+
+    eps = parse_eps(args.eps)
+    if len(eps) != 1:
+        raise CommandError(f"--eps: give one budget, got {args.eps!r}")
+    run_attack(
+        image=args.image,
+        out=Path(args.out),
+        attack=args.attack,
+        eps=eps[0],
+        bundle=args.bundle,
+        checkpoint=args.checkpoint,
+        network=args.network,
+        label=args.label,
+        norm=args.norm,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, help="a MONAI bundle folder (configs/inference.json, models/model.pt)")
+    parser.add_argument("--checkpoint", type=Path, help="a state dict (loaded with weights_only=True)")
+    parser.add_argument(
+        "--network",
+        help='the network of --checkpoint: "demo", a JSON object with "_target_" (as a bundle\'s network_def), '
+        "or a .json file",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monai-adv", description="Adversarial attacks, defenses and robustness evaluation for MONAI."
     )
     parser.add_argument("--version", action="version", version=f"monai_adv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+
     attacks = sub.add_parser("attacks", help="list the available attacks and their default arguments")
     attacks.add_argument("--json", action="store_true", help="print the defaults as JSON")
     attacks.set_defaults(func=_attacks)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=int, default=0, help="seed of data, training and attacks")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="train a natural and a robust model on the demo data, attack both, write the report (about 5 min)",
+    )
+    demo.add_argument("--out", default="monai_adv_demo", help="report folder (default: monai_adv_demo)")
+    demo.add_argument("--full", action="store_true", help="add Square (5000 queries) and SimBA-DCT")
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--train-samples", type=int, default=1000)
+    demo.add_argument("--test-samples", type=int, default=100)
+    demo.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
+    demo.add_argument("--attacks", help="comma-separated suite (default fgsm,pgd-20,cw-30,autoattack)")
+    demo.set_defaults(func=_demo)
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="score a model under attacks -> report folder")
+    _add_model_arguments(evaluate)
+    evaluate.add_argument(
+        "--data",
+        default="demo",
+        help="demo[:task], demo3d[:task], medmnist:FILE.npz, csv:MANIFEST.csv or nifti:FOLDER (images/, labels/)",
+    )
+    evaluate.add_argument("--attacks", default="fgsm,pgd-20,cw-30,autoattack", help="comma-separated suite")
+    evaluate.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
+    evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
+    evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")
+    evaluate.add_argument("--task", default="auto", choices=("auto", "classification", "multilabel", "segmentation"))
+    evaluate.add_argument("--samples", type=int, help="use the first N samples")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--surrogate-checkpoint", type=Path, help="transfer setting: the surrogate's weights")
+    evaluate.add_argument("--surrogate-network", help="transfer setting: the surrogate's network (as --network)")
+    evaluate.add_argument("--out", default="monai_adv_report", help="report folder")
+    evaluate.set_defaults(func=_evaluate)
+
+    benchmark = sub.add_parser(
+        "benchmark", parents=[common], help="the survey grid: methods x eps x attacks (resumable)"
+    )
+    benchmark.add_argument("--data", default="demo", help="demo, or medmnist:FILE.npz (classification)")
+    benchmark.add_argument("--tasks", default="classification,segmentation")
+    benchmark.add_argument("--methods", default="nat,pgd_at,trades,mart,hat")
+    benchmark.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
+    benchmark.add_argument("--attacks", help="classification suite (default fgsm,pgd-20,cw-30,autoattack)")
+    benchmark.add_argument("--epochs", type=int, default=6)
+    benchmark.add_argument("--train-samples", type=int, default=1000)
+    benchmark.add_argument("--test-samples", type=int, default=200)
+    benchmark.add_argument("--out", default="monai_adv_benchmark", help="results folder (rerun to resume)")
+    benchmark.set_defaults(func=_benchmark)
+
+    attack = sub.add_parser("attack", parents=[common], help="attack one image -> adversarial NIfTI + preview PNG")
+    _add_model_arguments(attack)
+    attack.add_argument("--image", type=Path, required=True, help="a NIfTI file, a DICOM folder or a PNG")
+    attack.add_argument("--attack", default="pgd-20", help="an attack name (default pgd-20)")
+    attack.add_argument("--eps", default="4/255", help="the budget, a fraction of the intensity range")
+    attack.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
+    attack.add_argument("--label", type=int, help="the true class (default: the model's clean prediction)")
+    attack.add_argument("--out", default="monai_adv_attack", help="output folder")
+    attack.set_defaults(func=_attack)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("monai-adv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; --debug shows the traceback
+        from monai_adv.apps.sources import CommandError
+
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, CommandError):
+            message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"
+        print(f"monai-adv: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

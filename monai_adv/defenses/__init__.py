@@ -7,7 +7,7 @@
 """Adversarial training objectives (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks."""
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
-from monai_adv.defenses.registry import available_defenses, make_defense
+from monai_adv.defenses.registry import available_defenses, defense_class, make_defense
 
 __all__ = [
     "Defense",
@@ -18,6 +18,7 @@ __all__ = [
     "PGDAT",
     "TRADES",
     "available_defenses",
+    "defense_class",
     "make_defense",
     "survey_step",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Dict, Tuple, Type
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
 
-__all__ = ["make_defense", "available_defenses"]
+__all__ = ["make_defense", "available_defenses", "defense_class"]
 
 _DEFENSES: Dict[str, Type[Defense]] = {
     "nat": NaturalTraining,
@@ -29,12 +29,17 @@ def available_defenses() -> Tuple[str, ...]:
     return tuple(sorted(_DEFENSES))
 
 
-def make_defense(name: str, **kwargs: Any) -> Defense:
-    """Build a defense by name, e.g. ``make_defense("trades", eps=8 / 255, beta=6.0)``."""
+def defense_class(name: str) -> Type[Defense]:
+    """The class registered under ``name`` (e.g. to read its ``tasks``)."""
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
     if key not in _DEFENSES:
         raise ValueError(f"`name` must be one of {list(available_defenses())}, got {name!r}.")
-    cls = _DEFENSES[key]
+    return _DEFENSES[key]
+
+
+def make_defense(name: str, **kwargs: Any) -> Defense:
+    """Build a defense by name, e.g. ``make_defense("trades", eps=8 / 255, beta=6.0)``."""
+    cls = defense_class(name)
     accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Defense.__init__).parameters)
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:

@@ -4,8 +4,39 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""MONAI/ignite workflows for adversarial training."""
+"""MONAI/ignite workflows: adversarial training and robustness evaluation."""
 
+from monai_adv.engines.attack_suite import (
+    FULL_SURVEY_ATTACKS,
+    SURVEY_ATTACKS,
+    AttackSpec,
+    build_attack,
+    eps_label,
+    parse_attack_specs,
+)
 from monai_adv.engines.robust_trainer import RobustTrainer
+from monai_adv.engines.robustness_evaluator import WORST_CASE, QueryCounter, RobustnessEvaluator, RobustnessEvents
+from monai_adv.engines.robustness_results import (
+    REPORT_SCHEMA,
+    REPORT_SCHEMA_VERSION,
+    CellAccumulator,
+    RobustnessResults,
+)
 
-__all__ = ["RobustTrainer"]
+__all__ = [
+    "AttackSpec",
+    "CellAccumulator",
+    "FULL_SURVEY_ATTACKS",
+    "QueryCounter",
+    "REPORT_SCHEMA",
+    "REPORT_SCHEMA_VERSION",
+    "RobustTrainer",
+    "RobustnessEvaluator",
+    "RobustnessEvents",
+    "RobustnessResults",
+    "SURVEY_ATTACKS",
+    "WORST_CASE",
+    "build_attack",
+    "eps_label",
+    "parse_attack_specs",
+]

@@ -1,0 +1,134 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""``monai-adv attack``: one image (NIfTI, DICOM, PNG) and a model -> the adversarial image and the perturbation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, SaveImage
+
+from monai_adv.apps.sources import CommandError, check_channels, first_conv_spatial_dims, load_bundle, load_network
+from monai_adv.engines import build_attack, parse_attack_specs
+from monai_adv.visualize import plot_adversarial_examples
+
+__all__ = ["run_attack"]
+
+
+def _load_image(path: Path) -> MetaTensor:
+    if not path.exists():
+        raise CommandError(f"image not found: {path}")
+    try:
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as e:
+        raise CommandError(f"cannot read {path} as an image (NIfTI, DICOM, PNG): {str(e).splitlines()[0]}") from e
+    return image.float()
+
+
+def run_attack(
+    image: Path,
+    out: Path,
+    attack: str = "pgd-20",
+    eps: float = 4 / 255,
+    bundle: Optional[Path] = None,
+    checkpoint: Optional[Path] = None,
+    network: Optional[str] = None,
+    label: Optional[int] = None,
+    norm: str = "Linf",
+    seed: int = 0,
+    log=print,
+) -> Dict[str, Any]:
+    """Attack one image and write ``<name>_adversarial.nii.gz``, ``<name>_perturbation.nii.gz`` (same affine as
+    the input) and ``<name>_preview.png`` in ``out``.
+
+    The image is min-max scaled to [0, 1] for the model (so ``eps`` is a fraction of its intensity range); the
+    outputs are mapped back to the input's intensities. Without ``label`` the attack flips the model's own clean
+    prediction (class, or label map for a segmentation model).
+    """
+    if bundle is not None:
+        model, _ = load_bundle(bundle)
+    elif checkpoint is not None and network is not None:
+        model = load_network(network, checkpoint)
+    else:
+        raise CommandError("give --bundle DIR, or --checkpoint FILE with --network SPEC")
+    try:
+        spec = parse_attack_specs([attack])[0]
+    except (ValueError, TypeError) as e:
+        raise CommandError(f"--attack: {e}") from e
+    img = _load_image(Path(image))
+    check_channels(model, img)
+    dims = first_conv_spatial_dims(model)
+    squeezed = dims is not None and img.ndim - 1 == dims + 1 and img.shape[-1] == 1  # one DICOM slice, 2D model
+    if squeezed:
+        img = img[..., 0]
+    if dims is not None and img.ndim - 1 != dims:
+        raise CommandError(f"the image has {img.ndim - 1} spatial dims (shape {tuple(img.shape)}), the network {dims}")
+    lo, hi = float(img.min()), float(img.max())
+    scale = hi - lo if hi > lo else 1.0
+    x = ((img - lo) / scale)[None]
+    with torch.no_grad():
+        logits = model(x.as_tensor())
+    segmentation = logits.ndim > 2
+    if label is not None:
+        if segmentation:
+            raise CommandError("--label is for classifiers; a segmentation model is attacked against its own map")
+        if not 0 <= label < max(logits.shape[1], 2):
+            raise CommandError(f"--label must be a class index in [0, {max(logits.shape[1], 2) - 1}], got {label}")
+        y = torch.tensor([label])
+    elif segmentation:
+        y = (logits.argmax(1, keepdim=True) if logits.shape[1] > 1 else (logits > 0).long()).long()
+    else:
+        y = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    try:
+        task = "segmentation" if segmentation else "classification"
+        atk = build_attack(spec, model, eps, norm, (0.0, 1.0), task, seed)
+    except (ValueError, TypeError) as e:
+        raise CommandError(f"--attack {attack}: {e}") from e
+    x_adv = atk.perturb(x, y).x_adv
+    with torch.no_grad():
+        adv_logits = model(x_adv.as_tensor())
+    adversarial = (x_adv[0] * scale + lo).detach()
+    perturbation = adversarial - img
+    if squeezed:
+        img, adversarial, perturbation = img[..., None], adversarial[..., None], perturbation[..., None]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(str(image)).name.split(".")[0] or "image"
+    for tensor, postfix in ((adversarial, "adversarial"), (perturbation, "perturbation")):
+        saved = MetaTensor(tensor.as_tensor(), meta=dict(img.meta))
+        SaveImage(
+            output_dir=str(out),
+            output_postfix=postfix,
+            output_ext=".nii.gz",
+            separate_folder=False,
+            resample=False,
+            print_log=False,
+        )(saved, meta_data={**img.meta, "filename_or_obj": name})
+    paths = {k: out / f"{name}_{k}.nii.gz" for k in ("adversarial", "perturbation")}
+    if segmentation:
+        pred = adv_logits.argmax(1, keepdim=True) if adv_logits.shape[1] > 1 else (adv_logits > 0).long()
+        seg = {"label": y, "clean": y, "adversarial": pred}
+        paths["preview"] = plot_adversarial_examples(x, x_adv, out / f"{name}_preview.png", segmentation=seg)
+        log(f"{attack} at eps {eps:.4g}: segmentation attacked against the model's own clean map")
+    else:
+        clean_pred = int(logits.argmax(1)) if logits.shape[1] > 1 else int(logits[0, 0] > 0)
+        adv_pred = int(adv_logits.argmax(1)) if adv_logits.shape[1] > 1 else int(adv_logits[0, 0] > 0)
+        paths["preview"] = plot_adversarial_examples(
+            x,
+            x_adv,
+            out / f"{name}_preview.png",
+            labels=y,
+            clean_predictions=torch.tensor([clean_pred]),
+            adversarial_predictions=torch.tensor([adv_pred]),
+        )
+        log(f"{attack} at eps {eps:.4g}: prediction {clean_pred} -> {adv_pred} (label {int(y[0])})")
+    for key, path in paths.items():
+        log(f"{key}: {path}")
+    return {"paths": paths, "x_adv": x_adv}

@@ -1,0 +1,112 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""``monai-adv evaluate``: a bundle or a checkpoint + network, a data set, a suite -> the robustness report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from monai.data import DataLoader
+
+from monai_adv.apps.sources import CommandError, check_channels, load_bundle, load_data, load_network
+from monai_adv.benchmark.progress import attach_progress
+from monai_adv.benchmark.report import markdown_table, write_reports
+from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
+from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
+
+__all__ = ["run_evaluate"]
+
+
+def run_evaluate(
+    data: str,
+    attacks: Sequence[Any],
+    eps: Sequence[float],
+    out: Path,
+    bundle: Optional[Path] = None,
+    checkpoint: Optional[Path] = None,
+    network: Optional[str] = None,
+    surrogate_checkpoint: Optional[Path] = None,
+    surrogate_network: Optional[str] = None,
+    norm: str = "Linf",
+    value_range: Optional[Sequence[float]] = (0.0, 1.0),
+    task: str = "auto",
+    samples: Optional[int] = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+) -> Dict[str, Any]:
+    """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``."""
+    preprocessing = None
+    if bundle is not None:
+        model, parser = load_bundle(bundle)
+        if "preprocessing" in parser:
+            try:
+                preprocessing = parser.get_parsed_content("preprocessing")
+            except Exception:
+                preprocessing = None
+        name = Path(bundle).name
+    elif checkpoint is not None and network is not None:
+        model, name = load_network(network, checkpoint), Path(checkpoint).stem
+    else:
+        raise CommandError("give --bundle DIR, or --checkpoint FILE with --network SPEC")
+    surrogate = None
+    if surrogate_checkpoint is not None or surrogate_network is not None:
+        if surrogate_checkpoint is None or surrogate_network is None:
+            raise CommandError("the transfer setting needs both --surrogate-checkpoint and --surrogate-network")
+        surrogate = load_network(surrogate_network, surrogate_checkpoint)
+    dataset = load_data(data, samples, preprocessing)
+    if len(dataset) == 0:
+        raise CommandError(f"--data {data}: no samples")
+    first = dataset[0]
+    if not isinstance(first, dict) or "image" not in first or "label" not in first:
+        raise CommandError(f"--data {data}: samples must be dicts with 'image' and 'label'")
+    check_channels(model, torch.as_tensor(first["image"]))
+    try:
+        evaluator = RobustnessEvaluator(
+            device="cpu",
+            val_data_loader=DataLoader(dataset, batch_size=batch_size),
+            network=model,
+            attacks=attacks,
+            eps=eps,
+            norm=norm,
+            value_range=value_range,
+            task=task,
+            surrogate=surrogate,
+            seed=seed,
+            keep_examples=8,
+        )
+    except (ValueError, TypeError) as e:
+        raise CommandError(str(e)) from e
+    steps = evaluator.total_attack_runs * len(evaluator.data_loader)
+    attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, f"attack {name}", progress)
+    evaluator.run()
+    report = evaluator.report(model={"name": name}, data={"name": data, "samples": len(dataset)})
+    paths = write_reports({name: report}, out)
+    paths["curves"] = plot_robustness_curves({name: report}, Path(out) / "robustness_curves.png")
+    ex = evaluator.state.examples
+    if report["task"] == "segmentation":
+        labels = ex["label"] if ex["label"].ndim == ex["image"].ndim else ex["label"][:, None]
+        seg = {"label": labels, "clean": ex["clean_pred"][:, None], "adversarial": ex["adversarial_pred"][:, None]}
+        paths["examples"] = plot_adversarial_examples(
+            ex["image"], ex["adversarial_image"], Path(out) / "adversarial_examples.png", segmentation=seg
+        )
+    else:
+        paths["examples"] = plot_adversarial_examples(
+            ex["image"],
+            ex["adversarial_image"],
+            Path(out) / "adversarial_examples.png",
+            labels=ex["label"],
+            clean_predictions=ex["clean_pred"],
+            adversarial_predictions=ex["adversarial_pred"],
+        )
+    table = markdown_table({name: report})
+    log(table)
+    log(f"report in {out}/")
+    return {"report": report, "paths": paths, "table": table}

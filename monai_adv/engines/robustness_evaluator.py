@@ -1,0 +1,306 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""RobustnessEvaluator: a MONAI evaluator that scores a model under attacks x budgets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
+from monai.utils import optional_import
+
+from monai_adv.attacks import InfererModel
+from monai_adv.attacks.objective import infer_task, prepare_labels
+from monai_adv.attacks.validation import check_eps, check_norm, check_value_range
+from monai_adv.engines.attack_suite import AttackSpec, build_attack, eps_label, parse_attack_specs
+from monai_adv.engines.robustness_results import RobustnessResults
+from monai_adv.metrics import SampleOutcome, perturbation_norms, sample_outcome, worst_case_index
+
+EventEnum, _ = optional_import("ignite.engine", name="EventEnum")
+Events, _ = optional_import("ignite.engine", name="Events")
+
+__all__ = ["RobustnessEvaluator", "RobustnessEvents", "QueryCounter", "WORST_CASE"]
+
+WORST_CASE = "worst-case"
+
+
+class RobustnessEvents(EventEnum):
+    """Fired by :class:`RobustnessEvaluator` after each attack on a batch (for progress bars)."""
+
+    ATTACK_COMPLETED = "attack_completed"
+
+
+class QueryCounter(torch.nn.Module):
+    """Wraps a model and counts the samples it is evaluated on (forward passes with or without gradient)."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.count = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count += int(x.shape[0])
+        return self.model(x)
+
+
+class RobustnessEvaluator(SupervisedEvaluator):
+    """Score a model under a suite of attacks at several budgets, with the per-sample worst case across attacks.
+
+    For every batch it runs the clean forward pass and, for each budget and attack, crafts adversarial
+    examples (on ``surrogate`` in the transfer setting, else on ``network``), evaluates them on ``network``
+    and accumulates the task's metrics (MONAI's confusion-matrix, ROC-AUC, Dice and IoU metrics), the attack
+    success rate, the perturbation norms, wall time and model queries. With more than one attack it adds a
+    "worst-case" row per budget: each sample's worst outcome across the attacks (a wrong prediction, else the
+    lowest margin or Dice). At the end of the run, ``state.metrics`` holds flat entries such as
+    ``"clean/accuracy"`` and ``"pgd-20@4/255/accuracy"``, and :meth:`report` returns the full report (a dict
+    following the schema in ``monai_adv/benchmark/report_schema.json``).
+
+    The evaluator needs input gradients: attacks run with gradients enabled inside the iteration and leave the
+    network (and surrogate) exactly as they found them. It runs in one process.
+
+    Args:
+        device: device the batches are moved to.
+        val_data_loader: the evaluation data (dicts with "image" and "label" by default).
+        network: the model to score; it receives the clean and the adversarial inputs through ``inferer``.
+        attacks: the suite: names ("fgsm", "pgd-20", "cw-30", "autoattack", any registered attack), mappings
+            ``{"attack": "pgd", "name": "pgd-50", "steps": 50}`` or :class:`AttackSpec` (see
+            :func:`~monai_adv.engines.attack_suite.parse_attack_specs`).
+        eps: the budgets, e.g. ``[1/255, 2/255, 4/255, 8/255]``.
+        norm: "Linf" or "L2", for every attack unless its specification says otherwise.
+        value_range: the intensity range of the inputs, or None when unbounded.
+        task: "auto", "classification", "multilabel" or "segmentation".
+        surrogate: a model that crafts the examples in the transfer setting (the target ``network`` is only
+            evaluated); None for white-box evaluation.
+        mask_key: a batch key holding a region of interest; only voxels inside it are perturbed.
+        seed: seed of the attacks (per-sample streams: results do not depend on the batch composition).
+        early_stop: whether attacks stop on a sample once it fails; None keeps each attack's default for
+            classification (stop: robust accuracy is exact, metrics such as AUC see the first failing example) and
+            turns it off for segmentation (Dice is driven as low as the steps allow).
+        seg_success_ratio: a segmentation attack succeeds on a sample when its Dice falls below this fraction of
+            the clean Dice.
+        keep_examples: keep this many samples of the first batches (clean, worst-case adversarial at the largest
+            budget, labels and predictions) in ``state.examples`` for figures.
+        inferer: how the network is run (e.g. ``SlidingWindowInferer`` for 3D volumes); gradients flow through it.
+        Other arguments as :class:`monai.engines.SupervisedEvaluator`.
+    """
+
+    def __init__(
+        self,
+        device: Union[torch.device, str],
+        val_data_loader: Iterable,
+        network: torch.nn.Module,
+        attacks: Sequence[Union[str, Mapping[str, Any], AttackSpec]],
+        eps: Sequence[float],
+        norm: str = "Linf",
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        task: str = "auto",
+        surrogate: Optional[torch.nn.Module] = None,
+        mask_key: Optional[str] = None,
+        seed: Optional[int] = 0,
+        early_stop: Optional[bool] = None,
+        seg_success_ratio: float = 0.5,
+        keep_examples: int = 0,
+        epoch_length: Optional[int] = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Optional[Callable] = None,
+        inferer: Optional[Inferer] = None,
+        val_handlers: Optional[Sequence] = None,
+        amp: bool = False,
+        decollate: bool = False,
+        to_kwargs: Optional[dict] = None,
+        amp_kwargs: Optional[dict] = None,
+    ) -> None:
+        if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
+            raise ValueError(f"`eps` must be a non-empty list of budgets, e.g. [1/255, 2/255], got {eps!r}.")
+        self.eps_values = [check_eps(e) for e in eps]
+        if len(set(self.eps_values)) != len(self.eps_values):
+            raise ValueError(f"`eps` must not repeat a budget, got {list(eps)}.")
+        self.specs = parse_attack_specs(attacks)
+        self.norm = check_norm(norm)
+        self.value_range = check_value_range(value_range)
+        if task not in ("auto", "classification", "multilabel", "segmentation"):
+            raise ValueError(f'`task` must be "auto", "classification", "multilabel" or "segmentation", got {task!r}.')
+        if surrogate is not None and not callable(surrogate):
+            raise TypeError(f"`surrogate` must be a model (callable returning logits), got {type(surrogate).__name__}.")
+        if not 0 < seg_success_ratio <= 1:
+            raise ValueError(f"`seg_success_ratio` must be in (0, 1], got {seg_success_ratio}.")
+        if int(keep_examples) < 0:
+            raise ValueError(f"`keep_examples` must be >= 0, got {keep_examples}.")
+        super().__init__(
+            device=torch.device(device) if isinstance(device, str) else device,
+            val_data_loader=val_data_loader,
+            network=network,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            inferer=inferer,
+            val_handlers=val_handlers,
+            amp=amp,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.register_events(*RobustnessEvents)
+        self.task = task
+        self.surrogate = surrogate
+        self.mask_key = mask_key
+        self.seed = seed
+        self.early_stop = early_stop
+        self.seg_success_ratio = float(seg_success_ratio)
+        self.keep_examples = int(keep_examples)
+        self.setting = "white-box" if surrogate is None else "transfer"
+        crafting = surrogate if surrogate is not None else network
+        plain = isinstance(self.inferer, SimpleInferer)
+        self.query_counter = QueryCounter(crafting if plain else InfererModel(crafting, self.inferer))
+        self._attacks: Dict[Tuple[str, float], Any] = {}
+        self._build_attacks(task)  # early errors for bad attack arguments
+        self.results: Optional[RobustnessResults] = None
+        self.add_event_handler(Events.EPOCH_STARTED, self._start_results)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_results)
+
+    @property
+    def total_attack_runs(self) -> int:
+        """Attack runs per batch (attacks x budgets), the unit of :data:`RobustnessEvents.ATTACK_COMPLETED`."""
+        return len(self.specs) * len(self.eps_values)
+
+    def _build_attacks(self, task: str) -> None:
+        early_stop = self.early_stop
+        if early_stop is None and task == "segmentation":
+            early_stop = False
+        for spec in self.specs:
+            for eps in self.eps_values:
+                self._attacks[(spec.name, eps)] = build_attack(
+                    spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
+                )
+
+    def _start_results(self, engine: RobustnessEvaluator) -> None:
+        self.results = None
+        self.state.examples = {}
+
+    def _forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self.mode(self.network):
+            if self.amp:
+                with torch.autocast("cuda", **self.amp_kwargs):
+                    out = self.inferer(x, self.network, *args, **kwargs)
+            else:
+                out = self.inferer(x, self.network, *args, **kwargs)
+        return out.detach().as_subclass(torch.Tensor).float()
+
+    def _iteration(self, engine: RobustnessEvaluator, batchdata: Dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        if targets is None:
+            raise ValueError("RobustnessEvaluator needs labels: the batch has no label (check `prepare_batch`).")
+        mask = None
+        if self.mask_key is not None:
+            if not isinstance(batchdata, Mapping) or self.mask_key not in batchdata:
+                raise KeyError(f"`mask_key` {self.mask_key!r} is not a key of the batch.")
+            mask = batchdata[self.mask_key].to(inputs.device)
+        clean_logits = engine._forward(inputs, *args, **kwargs)
+        if engine.results is None:
+            task = infer_task(self.task, clean_logits, torch.as_tensor(targets))
+            if task != self.task:
+                engine._build_attacks(task)
+            engine.results = RobustnessResults(
+                task, clean_logits.shape[1], engine.eps_values, [s.name for s in engine.specs], self.seg_success_ratio
+            )
+        results = engine.results
+        labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
+        clean = sample_outcome(results.task, clean_logits, labels)
+        results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0)
+        output = {"image": inputs, "label": targets, "pred": clean_logits}
+        for eps in engine.eps_values:
+            adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
+            for spec in engine.specs:
+                engine.query_counter.count = 0
+                start = time.perf_counter()
+                x_adv = engine._attacks[(spec.name, eps)].perturb(inputs, targets, mask=mask).x_adv
+                seconds = time.perf_counter() - start
+                adv_logits = engine._forward(x_adv, *args, **kwargs)
+                outcome = sample_outcome(results.task, adv_logits, labels)
+                norms = perturbation_norms(inputs, x_adv)
+                results.cell(spec.name, eps).add(
+                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count
+                )
+                adversarial.append((x_adv.detach().as_subclass(torch.Tensor), adv_logits, outcome, norms))
+                engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
+            worst = self._worst_case(adversarial)
+            if len(adversarial) > 1:
+                seconds = sum(c.seconds_last for c in (results.cell(s.name, eps) for s in engine.specs))
+                queries = sum(c.queries_last for c in (results.cell(s.name, eps) for s in engine.specs))
+                results.cell(WORST_CASE, eps).add(worst[1], labels, worst[2], clean, worst[3], seconds, queries)
+            if eps == engine.eps_values[-1]:
+                output["adversarial_image"], output["adversarial_pred"] = worst[0], worst[1]
+                engine._keep_examples(inputs, targets, clean, worst)
+        engine.state.output = output
+        return output
+
+    @staticmethod
+    def _worst_case(adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]]):
+        """Gather each sample's worst (x_adv, logits, outcome, norms) across the attacks."""
+        if len(adversarial) == 1:
+            return adversarial[0]
+        pick = worst_case_index([a[2] for a in adversarial])
+        rows = torch.arange(pick.numel(), device=pick.device)
+
+        def gather(tensors: List[torch.Tensor]) -> torch.Tensor:
+            stacked = torch.stack([t.to(pick.device) for t in tensors])
+            return stacked[pick, rows]
+
+        outcome = SampleOutcome(
+            gather([a[2].predictions for a in adversarial]),
+            gather([a[2].correct for a in adversarial]),
+            gather([a[2].quality for a in adversarial]),
+        )
+        x_adv = gather([a[0] for a in adversarial])
+        return x_adv, gather([a[1] for a in adversarial]), outcome, gather([a[3] for a in adversarial])
+
+    def _keep_examples(self, inputs: torch.Tensor, targets: Any, clean: Any, worst: Tuple) -> None:
+        kept = self.state.examples
+        have = 0 if not kept else kept["image"].shape[0]
+        room = self.keep_examples - have
+        if room <= 0:
+            return
+        new = {
+            "image": inputs.detach().as_subclass(torch.Tensor)[:room].cpu(),
+            "adversarial_image": worst[0][:room].cpu(),
+            "label": torch.as_tensor(targets)[:room].cpu(),
+            "clean_pred": clean.predictions[:room].cpu(),
+            "adversarial_pred": worst[2].predictions[:room].cpu(),
+        }
+        self.state.examples = new if not kept else {k: torch.cat([kept[k], v]) for k, v in new.items()}
+
+    def _finish_results(self, engine: RobustnessEvaluator) -> None:
+        if self.results is None:
+            return
+        self.state.metrics.update(self.results.flat_metrics(self.value_range))
+
+    def report(self, **info: Any) -> Dict[str, Any]:
+        """The report of the last run, as a JSON-ready dict (see ``monai_adv/benchmark/report_schema.json``).
+
+        Args:
+            info: entries describing the run, e.g. ``model={"name": "PGD-AT"}``, ``data={"name": "demo"}``.
+        """
+        if self.results is None:
+            raise RuntimeError("RobustnessEvaluator.report() needs a finished run(): call run() first.")
+        return self.results.report(
+            norm=self.norm,
+            value_range=self.value_range,
+            setting=self.setting,
+            attacks=[{"name": s.name, "attack": s.attack, "kwargs": dict(s.kwargs)} for s in self.specs],
+            eps_label=lambda e: eps_label(e, self.value_range),
+            **info,
+        )

@@ -1,0 +1,186 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Accumulators of a robustness evaluation: one cell per (attack, budget), and the report they make."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from monai_adv import __version__
+from monai_adv.metrics import PRIMARY_METRIC, SampleOutcome, make_task_metrics
+
+__all__ = ["CellAccumulator", "RobustnessResults", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION"]
+
+REPORT_SCHEMA = "monai_adv.robustness_report"
+REPORT_SCHEMA_VERSION = "1.0"
+
+
+def _number(value: float) -> Optional[float]:
+    """JSON has no NaN: undefined values (e.g. ROC-AUC with one class) become None."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+class CellAccumulator:
+    """Everything measured for one attack at one budget (or the clean inputs), accumulated over batches.
+
+    Args:
+        task: the task.
+        num_classes: the model's outputs (classes, labels or segmentation channels).
+        seg_success_ratio: a segmentation sample counts as broken when its Dice falls below this fraction of
+            its clean Dice.
+    """
+
+    def __init__(self, task: str, num_classes: int, seg_success_ratio: float = 0.5) -> None:
+        self.task = task
+        self.ratio = seg_success_ratio
+        self.metrics = make_task_metrics(task, num_classes)
+        self.correct: List[torch.Tensor] = []
+        self.quality: List[torch.Tensor] = []
+        self.broken = 0
+        self.eligible = 0
+        self.norms: List[torch.Tensor] = []
+        self.seconds = 0.0
+        self.queries = 0
+        self.seconds_last = 0.0
+        self.queries_last = 0
+
+    def add(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        outcome: SampleOutcome,
+        clean: SampleOutcome,
+        norms: Optional[torch.Tensor],
+        seconds: float,
+        queries: int,
+    ) -> None:
+        """Add a batch: the logits and per-sample outcome on the (adversarial) inputs, the clean outcome, the
+        per-sample perturbation norms (N, 2) or None for clean inputs, the wall time and the model queries."""
+        self.metrics.update(logits, labels, outcome.predictions)
+        self.correct.append(outcome.correct.cpu())
+        self.quality.append(outcome.quality.cpu())
+        if self.task == "segmentation":
+            eligible = clean.quality > 0
+            broken = eligible & (outcome.quality < self.ratio * clean.quality)
+        else:
+            eligible = clean.correct
+            broken = clean.correct & ~outcome.correct
+        self.eligible += int(eligible.sum())
+        self.broken += int(broken.sum())
+        if norms is not None:
+            self.norms.append(norms.cpu())
+        self.seconds += seconds
+        self.queries += int(queries)
+        self.seconds_last, self.queries_last = seconds, int(queries)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(int(c.numel()) for c in self.correct)
+
+    def summary(self) -> Dict[str, Any]:
+        """The metrics of the task plus success rate, perturbation norms, time and queries."""
+        n = self.num_samples
+        out: Dict[str, Any] = {"metrics": {k: _number(v) for k, v in self.metrics.compute().items()}}
+        out["success_rate"] = _number(self.broken / self.eligible) if self.eligible else None
+        if self.norms:
+            norms = torch.cat(self.norms)
+            out["linf_mean"], out["linf_max"] = float(norms[:, 0].mean()), float(norms[:, 0].max())
+            out["l2_mean"] = float(norms[:, 1].mean())
+        out.update(seconds=self.seconds, queries_per_sample=self.queries / n if n else 0.0, samples=n)
+        return out
+
+
+class RobustnessResults:
+    """The cells of an evaluation: the clean inputs, and one per (attack, budget) including the worst case.
+
+    Args:
+        task: the resolved task.
+        num_classes: the model's outputs.
+        eps_values: the budgets.
+        attack_names: the suite's attack names, in order.
+        seg_success_ratio: see :class:`CellAccumulator`.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        num_classes: int,
+        eps_values: Sequence[float],
+        attack_names: Sequence[str],
+        seg_success_ratio: float = 0.5,
+    ) -> None:
+        self.task = task
+        self.num_classes = int(num_classes)
+        self.eps_values = list(eps_values)
+        self.attack_names = list(attack_names)
+        self.ratio = seg_success_ratio
+        self.clean = CellAccumulator(task, num_classes, seg_success_ratio)
+        self.cells: Dict[Tuple[str, float], CellAccumulator] = {}
+
+    def cell(self, attack: str, eps: float) -> CellAccumulator:
+        """The accumulator of ``attack`` at ``eps`` (created on first use)."""
+        key = (attack, eps)
+        if key not in self.cells:
+            self.cells[key] = CellAccumulator(self.task, self.num_classes, self.ratio)
+        return self.cells[key]
+
+    def rows(self) -> List[Tuple[str, float, CellAccumulator]]:
+        """The cells in report order: budgets ascending, attacks in suite order, the worst case last."""
+        names = self.attack_names + sorted({a for a, _ in self.cells} - set(self.attack_names))
+        return [(a, e, self.cells[(a, e)]) for e in sorted(self.eps_values) for a in names if (a, e) in self.cells]
+
+    def flat_metrics(self, value_range: Optional[Sequence[float]]) -> Dict[str, float]:
+        """Flat entries for ``engine.state.metrics``: "clean/accuracy", "pgd-20@4/255/accuracy", ..."""
+        from monai_adv.engines.attack_suite import eps_label
+
+        flat = {f"clean/{k}": v for k, v in self.clean.summary()["metrics"].items()}
+        for attack, eps, cell in self.rows():
+            summary = cell.summary()
+            prefix = f"{attack}@{eps_label(eps, value_range)}"
+            flat.update({f"{prefix}/{k}": v for k, v in summary["metrics"].items()})
+            flat[f"{prefix}/success_rate"] = summary["success_rate"]
+        return flat
+
+    def report(
+        self,
+        norm: str,
+        value_range: Optional[Sequence[float]],
+        setting: str,
+        attacks: List[Dict[str, Any]],
+        eps_label: Callable[[float], str],
+        **info: Any,
+    ) -> Dict[str, Any]:
+        """The JSON-ready report (schema ``monai_adv.robustness_report`` version 1.0)."""
+        clean = self.clean.summary()
+        results = []
+        for attack, eps, cell in self.rows():
+            results.append({"attack": attack, "eps": eps, "eps_label": eps_label(eps), **cell.summary()})
+        report = {
+            "schema": REPORT_SCHEMA,
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "monai_adv_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "task": self.task,
+            "primary_metric": PRIMARY_METRIC[self.task],
+            "setting": setting,
+            "norm": norm,
+            "value_range": None if value_range is None else [float(v) for v in value_range],
+            "num_samples": self.clean.num_samples,
+            "num_classes": self.num_classes,
+            "eps": sorted(self.eps_values),
+            "eps_labels": [eps_label(e) for e in sorted(self.eps_values)],
+            "attacks": attacks,
+            "clean": {**clean["metrics"], "seconds": clean["seconds"]},
+            "results": results,
+        }
+        for key, value in info.items():
+            report[key] = value
+        return report

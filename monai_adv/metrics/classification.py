@@ -1,0 +1,110 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Accumulated classification metrics (binary, multi-class, multi-label) on clean or adversarial predictions."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List
+
+import numpy as np
+import torch
+from monai.metrics import ConfusionMatrixMetric, compute_roc_auc
+
+__all__ = ["ClassificationMetrics", "class_probabilities"]
+
+
+def class_probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """Scores per class (N, K) from logits: softmax for multi-class, sigmoid for multi-label and single-logit
+    binary outputs (which become two columns, P(0) and P(1))."""
+    logits = logits.detach().float()
+    if task == "multilabel":
+        return torch.sigmoid(logits)
+    if logits.shape[1] == 1:
+        p1 = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p1, p1], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+class ClassificationMetrics:
+    """Accuracy, macro recall/precision/F1 and ROC-AUC, accumulated over batches.
+
+    - accuracy: fraction of samples classified correctly; for multi-label, all labels right (exact match),
+      the success criterion of the attacks.
+    - recall, precision, f1: macro averages over the classes (labels) seen in the ground truth or the
+      predictions; a class never predicted has precision 0 (the usual ``zero_division=0`` convention).
+      The per-class counts come from MONAI's ``ConfusionMatrixMetric``.
+    - auc: ROC-AUC (MONAI's ``compute_roc_auc``): binary, macro one-vs-rest for multi-class, mean AUROC over
+      labels for multi-label; classes whose ground truth holds one value only are left out; NaN when none is left.
+
+    Args:
+        task: "classification" or "multilabel".
+        num_classes: classes (labels) of the task; 2 for a single-logit binary model.
+    """
+
+    def __init__(self, task: str, num_classes: int) -> None:
+        if task not in ("classification", "multilabel"):
+            raise ValueError(f'`task` must be "classification" or "multilabel", got {task!r}.')
+        self.task = task
+        self.num_classes = max(int(num_classes), 2) if task == "classification" else int(num_classes)
+        self._confusion = ConfusionMatrixMetric(include_background=True, metric_name="tp", reduction="sum_batch")
+        self._scores: List[torch.Tensor] = []
+        self._labels: List[torch.Tensor] = []
+        self._correct: List[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self._confusion.reset()
+        self._scores, self._labels, self._correct = [], [], []
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> None:
+        """Add a batch: logits (N, K), labels as class indices (N,) or multi-hot (N, K), predictions likewise."""
+        scores = class_probabilities(self.task, logits).cpu()
+        labels, predictions = labels.detach().cpu(), predictions.detach().cpu()
+        if self.task == "classification":
+            onehot_y = torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
+            onehot_p = torch.nn.functional.one_hot(predictions.long(), self.num_classes).float()
+            correct = predictions == labels
+        else:
+            onehot_y, onehot_p = labels.float(), predictions.float()
+            correct = (predictions == labels).all(dim=1)
+        self._confusion(y_pred=onehot_p, y=onehot_y)
+        self._scores.append(scores)
+        self._labels.append(onehot_y)
+        self._correct.append(correct)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """Per-sample correctness of everything added so far."""
+        return torch.cat(self._correct) if self._correct else torch.zeros(0, dtype=torch.bool)
+
+    def compute(self) -> Dict[str, float]:
+        if not self._correct:
+            raise RuntimeError("No batch was added to the metrics.")
+        counts = self._confusion.get_buffer().sum(dim=0).double()  # (K, 4): tp, fp, tn, fn
+        tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 3]
+        seen = (tp + fp + fn) > 0
+        recall = torch.where(tp + fn > 0, tp / (tp + fn).clamp_min(1), 0.0)
+        precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), 0.0)
+        f1 = torch.where(seen, 2 * tp / (2 * tp + fp + fn).clamp_min(1), 0.0)
+        macro = {
+            name: float(v[seen].mean()) if bool(seen.any()) else float("nan")
+            for name, v in (("recall", recall), ("precision", precision), ("f1", f1))
+        }
+        return {"accuracy": float(self.correct.double().mean()), **macro, "auc": self._auc()}
+
+    def _auc(self) -> float:
+        scores, labels = torch.cat(self._scores), torch.cat(self._labels)
+        if self.task == "classification" and self.num_classes == 2:
+            scores, labels = scores[:, 1:], labels[:, 1:]
+        values = []
+        for k in range(labels.shape[1]):
+            if labels[:, k].unique().numel() < 2:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values.append(float(compute_roc_auc(scores[:, k], labels[:, k])))
+        return float(np.mean(values)) if values else float("nan")

@@ -1,0 +1,29 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Figures of adversarial robustness: robustness curves, adversarial examples and Grad-CAM, written as PNGs."""
+
+from __future__ import annotations
+
+from monai_adv.visualize.curves import plot_robustness_curves
+from monai_adv.visualize.examples import plot_adversarial_examples
+from monai_adv.visualize.figures import new_figure, save_figure
+from monai_adv.visualize.gradcam import default_target_layer, gradcam_maps, plot_gradcam
+from monai_adv.visualize.slices import as_numpy, display_slice, mid_slice, show_image
+
+__all__ = [
+    "as_numpy",
+    "default_target_layer",
+    "display_slice",
+    "gradcam_maps",
+    "mid_slice",
+    "new_figure",
+    "plot_adversarial_examples",
+    "plot_gradcam",
+    "plot_robustness_curves",
+    "save_figure",
+    "show_image",
+]

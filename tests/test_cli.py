@@ -1,0 +1,262 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Smoke tests of the monai-adv subcommands with tiny settings, and their one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_adv.apps.demo import demo_network
+from monai_adv.benchmark.report import validate_report
+from monai_adv.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEMO_NETWORK = '{"_target_": "monai_adv.apps.demo.demo_network"}'
+
+
+def _valid_png(path):
+    assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as im:
+        assert im.size[0] > 0 and im.size[1] > 0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    args = ["demo", "--out", str(out), "--epochs", "1", "--train-samples", "64", "--test-samples", "16"]
+    args += ["--attacks", "fgsm,pgd-20", "--eps", "2/255,8/255", "--no-progress"]
+    assert main(args) == 0
+    return out
+
+
+def test_demo(demo_run, capsys):
+    out = demo_run
+    for name in ("nat.json", "pgd-at.json"):
+        report = json.loads((out / name).read_text())
+        validate_report(report)
+        assert report["eps_labels"] == ["2/255", "8/255"]
+        assert [r["attack"] for r in report["results"]][:3] == ["fgsm", "pgd-20", "worst-case"]
+    assert "| PGD-AT | pgd-20 |" in (out / "robustness.md").read_text()
+    assert (out / "robustness.csv").read_text().startswith("method,attack,eps")
+    for png in (
+        "robustness_curves.png",
+        "adversarial_examples_nat.png",
+        "adversarial_examples_pgd-at.png",
+        "gradcam.png",
+    ):
+        _valid_png(out / png)
+    assert (out / "models" / "nat.pt").is_file()
+    state = torch.load(out / "models" / "pgd_at.pt", weights_only=True)
+    demo_network().load_state_dict(state)
+
+
+def test_evaluate_checkpoint_and_bundle(demo_run, tmp_path, capsys):
+    ckpt = demo_run / "models" / "pgd_at.pt"
+    out = tmp_path / "report"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--network", "demo", "--data", "demo", "--samples", "12"]
+    assert main(args + ["--attacks", "fgsm", "--eps", "4/255", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "pgd_at.json").read_text())
+    validate_report(report)
+    assert report["num_samples"] == 12
+    _valid_png(out / "robustness_curves.png")
+    _valid_png(out / "adversarial_examples.png")
+    # the same model as a bundle
+    bundle = tmp_path / "my_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": json.loads(DEMO_NETWORK)}))
+    (bundle / "models" / "model.pt").write_bytes(ckpt.read_bytes())
+    out2 = tmp_path / "report2"
+    args = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--samples", "12", "--attacks", "fgsm"]
+    assert main(args + ["--eps", "4/255", "--out", str(out2), "--no-progress"]) == 0
+    report2 = json.loads((out2 / "my_bundle.json").read_text())
+    assert report2["results"][0]["metrics"] == report["results"][0]["metrics"]
+
+
+def test_evaluate_nifti_segmentation(tmp_path):
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0)
+    torch.save(net.state_dict(), tmp_path / "unet.pt")
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        nib.save(
+            nib.Nifti1Image(rng.random((16, 16)).astype(np.float32), np.eye(4)), tmp_path / f"data/images/c{i}.nii.gz"
+        )
+        lab = np.zeros((16, 16), np.uint8)
+        lab[4:10, 5:12] = 1
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / f"data/labels/c{i}.nii.gz")
+    network = json.dumps(
+        {
+            "_target_": "monai.networks.nets.UNet",
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 2,
+            "channels": [4, 8],
+            "strides": [2],
+            "num_res_units": 0,
+        }
+    )
+    out = tmp_path / "out"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "unet.pt"), "--network", network]
+    args += ["--data", f"nifti:{tmp_path / 'data'}", "--attacks", "fgsm,pgd", "--eps", "8/255", "--out", str(out)]
+    assert main(args + ["--no-progress", "--task", "segmentation"]) == 0
+    report = json.loads((out / "unet.json").read_text())
+    assert report["task"] == "segmentation" and "dice" in report["results"][0]["metrics"]
+    _valid_png(out / "adversarial_examples.png")
+
+
+def test_attack_nifti_and_png(demo_run, tmp_path, capsys):
+    ckpt = str(demo_run / "models" / "nat.pt")
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = [10.0, -5.0, 7.0]
+    image = (np.random.default_rng(0).random((32, 32)) * 1000).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "scan.nii.gz")
+    out = tmp_path / "out"
+    args = ["attack", "--checkpoint", ckpt, "--network", "demo", "--image", str(tmp_path / "scan.nii.gz")]
+    assert main(args + ["--eps", "8/255", "--out", str(out)]) == 0
+    adv = nib.load(out / "scan_adversarial.nii.gz")
+    delta = nib.load(out / "scan_perturbation.nii.gz")
+    np.testing.assert_allclose(adv.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(delta.affine, affine, atol=1e-5)
+    d = np.asarray(delta.dataobj)
+    assert d.shape == image.shape and np.abs(d).max() > 0
+    assert np.abs(d).max() <= 8 / 255 * (image.max() - image.min()) * (1 + 1e-4)
+    np.testing.assert_allclose(np.asarray(adv.dataobj), image + d, rtol=1e-5, atol=1e-2)
+    _valid_png(out / "scan_preview.png")
+    assert "prediction" in capsys.readouterr().out
+    Image.fromarray((np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "slice.png")
+    args = ["attack", "--checkpoint", ckpt, "--network", "demo", "--image", str(tmp_path / "slice.png")]
+    assert main(args + ["--attack", "fgsm", "--label", "1", "--out", str(out)]) == 0
+    assert (out / "slice_adversarial.nii.gz").is_file()
+    _valid_png(out / "slice_preview.png")
+
+
+def test_attack_dicom_series(demo_run, tmp_path):
+    itk = pytest.importorskip("itk")
+    series = tmp_path / "series"
+    series.mkdir()
+    pixels = (np.random.default_rng(1).random((32, 32)) * 1000).astype(np.int16)
+    itk.imwrite(itk.image_from_array(pixels), str(series / "slice0.dcm"))
+    args = ["attack", "--checkpoint", str(demo_run / "models" / "nat.pt"), "--network", "demo"]
+    assert main(args + ["--image", str(series), "--attack", "fgsm", "--out", str(tmp_path / "out")]) == 0
+    adv = nib.load(tmp_path / "out" / "series_adversarial.nii.gz")
+    assert adv.shape[:2] == (32, 32)
+    _valid_png(tmp_path / "out" / "series_preview.png")
+
+
+def _kill_and_resume_args(out):
+    return [
+        sys.executable,
+        "-m",
+        "monai_adv",
+        "benchmark",
+        "--out",
+        str(out),
+        "--tasks",
+        "classification,segmentation",
+        "--methods",
+        "nat,pgd_at",
+        "--eps",
+        "4/255,8/255",
+        "--attacks",
+        "fgsm,pgd-20",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "48",
+        "--test-samples",
+        "12",
+        "--no-progress",
+    ]
+
+
+def test_benchmark_killed_run_resumes_to_the_same_table(tmp_path):
+    full = subprocess.run(_kill_and_resume_args(tmp_path / "full"), capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    cells = tmp_path / "killed" / "cells"
+    proc = subprocess.Popen(
+        _kill_and_resume_args(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        import time
+
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(cells.rglob("*.json"))) < 3:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished = len(list(cells.rglob("*.json")))
+    assert 3 <= finished < 8, "the run was not killed mid-way"
+    resumed = subprocess.run(_kill_and_resume_args(tmp_path / "killed"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("cell ") == 8 - finished  # finished cells are skipped
+    for task in ("classification", "segmentation"):
+        a = (tmp_path / "full" / f"benchmark_{task}.md").read_text()
+        b = (tmp_path / "killed" / f"benchmark_{task}.md").read_text()
+        assert a == b
+        assert "| pgd_at | 8/255 |" in a
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attack", "--checkpoint", "missing.pt", "--network", "demo", "--image", "x.nii.gz"], "checkpoint not found"),
+        (["evaluate", "--bundle", "no_such_bundle"], "bundle folder not found"),
+        (["evaluate", "--bundle", "."], "not a MONAI bundle"),
+        (["evaluate", "--checkpoint", "CKPT", "--network", "demo", "--attacks", "nope"], "Unknown attack 'nope'"),
+        (["evaluate", "--checkpoint", "CKPT", "--network", "{bad json"], "--network"),
+        (["evaluate", "--checkpoint", "CKPT", "--network", "demo", "--eps", "a/b"], "--eps"),
+        (["evaluate", "--checkpoint", "CKPT", "--network", "demo", "--data", "csv:none.csv"], "manifest not found"),
+        (["evaluate", "--checkpoint", "CKPT", "--network", "demo", "--data", "mnist"], "--data"),
+        (["attack", "--checkpoint", "CKPT", "--network", "demo", "--image", "RGB"], "channel mismatch"),
+        (["attack", "--checkpoint", "CKPT", "--network", "demo", "--image", "missing.png"], "image not found"),
+        (
+            ["attack", "--checkpoint", "CKPT", "--network", "demo", "--image", "RGB", "--attack", "zap"],
+            "Unknown attack",
+        ),
+        (["evaluate", "--checkpoint", "UNET", "--network", "demo"], "do not fit the network"),
+    ],
+)
+def test_bad_input_one_line(demo_run, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(rgb)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "unet.pt")
+    subst = {"CKPT": str(demo_run / "models" / "nat.pt"), "RGB": str(rgb), "UNET": str(tmp_path / "unet.pt")}
+    args = [subst.get(a, a) for a in args]
+    assert main(args + ["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("monai-adv: error:") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_adv", "--debug", "evaluate", "--bundle", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "bundle folder not found" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_adv", "evaluate", "--bundle", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -18,25 +18,15 @@ no downloads), prints a table and writes JSON (atomically) to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from monai_adv.attacks import AutoAttack
+from monai_adv.benchmark.io import write_json_atomic
 from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:

@@ -28,8 +28,8 @@ import torch
 from monai.data import DataLoader
 from monai.networks.nets import ResNet
 
-from benchmarks.autoattack_reference import write_json_atomic
 from monai_adv.attacks import PGD
+from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
 from monai_adv.defenses import make_defense
 from monai_adv.engines import RobustTrainer

@@ -27,8 +27,8 @@ from monai.data import DataLoader
 from monai.losses import DiceCELoss
 from monai.networks.nets import ResNet, UNet
 
-from benchmarks.autoattack_reference import write_json_atomic
 from monai_adv.attacks.objective import hard_dice
+from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
 
 CLASSES = {"classification": 2, "multiclass": 3, "multilabel": 2, "segmentation": 2}

@@ -33,8 +33,8 @@ import torch
 from monai.data import DataLoader
 from monai.networks.nets import ResNet, UNet
 
-from benchmarks.autoattack_reference import write_json_atomic
 from monai_adv.attacks import APGD, PGD, Square
+from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
 from monai_adv.engines import RobustTrainer
 from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier

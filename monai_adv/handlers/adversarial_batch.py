@@ -85,6 +85,9 @@ class AdversarialBatchHandler:
                 raise KeyError(f"The batch has no {key!r} (keys: {list(batch)}).")
         images, labels = batch[self.image_key], batch[self.label_key]
         network = self.network if self.network is not None else engine.network
+        if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            # attack the module: a DDP forward outside training would start collectives the other ranks never join
+            network = network.module
         device = getattr(engine.state, "device", None) or images.device
         chosen = self._chosen(images.shape[0])
         x = images[chosen].to(device)

@@ -1,0 +1,336 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""The MONAI bundles, tested as the Model Zoo does: ConfigWorkflow with overrides, metadata, export."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from monai_adv.benchmark.report import validate_report
+from monai_adv.data.export import export_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+CLS, SEG, TEMPLATE = (
+    "brain_lesion_robust_classification",
+    "brain_lesion_robust_segmentation",
+    "robust_classification_template",
+)
+TRAINED = (CLS, SEG)
+ALL = TRAINED + (TEMPLATE,)
+TINY_TRAIN = {
+    CLS: {"max_epochs": 1, "num_train": 48, "num_val": 16, "val_interval": 1},
+    SEG: {"max_epochs": 1, "num_train": 4, "num_val": 2, "val_interval": 1},
+    TEMPLATE: {"max_epochs": 1, "val_interval": 1},
+}
+
+
+def _copy(name, tmp_path):
+    """A copy of the bundle to run in (its outputs stay out of the repository)."""
+    dst = tmp_path / name
+    shutil.copytree(BUNDLES / name, dst, ignore=shutil.ignore_patterns("eval", "demo_images"))
+    return dst
+
+
+def _workflow(bundle, configs, workflow_type="train", **override):
+    files = [str(bundle / "configs" / c) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files,
+        workflow_type=workflow_type,
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        **override,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def _tiny_medmnist(folder, channels=1, size=16):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 32), ("val", 12), ("test", 12)):
+        labels = rng.integers(0, 2, (n, 1))
+        images = rng.integers(0, 80, (n, size, size) if channels == 1 else (n, size, size, 3)).astype(np.uint8)
+        images[labels[:, 0] == 1, 4:12, 4:12] = 250  # a bright square: learnable
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    np.savez(folder / "tiny.npz", **arrays)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_metadata_is_valid_offline(name):
+    if not SCHEMA.is_file():
+        pytest.skip(f"the bundle metadata schema is not beside the checkout ({SCHEMA.name})")
+    verify_metadata(meta_file=str(BUNDLES / name / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    assert "monai-adv" in meta["required_packages_version"]
+    if name in TRAINED:
+        assert meta["eval_metrics"], "eval_metrics must hold the measured figures"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bundle_layout(name):
+    bundle = BUNDLES / name
+    for f in (
+        "train.json",
+        "train_robust.json",
+        "evaluate.json",
+        "evaluate_robustness.json",
+        "inference.json",
+        "multi_gpu_train.json",
+        "logging.conf",
+        "metadata.json",
+    ):
+        assert (bundle / "configs" / f).is_file(), f
+    for f in ("LICENSE", "docs/README.md"):
+        assert (bundle / f).is_file(), f
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert "monai_adv" not in json.dumps(inference["preprocessing"]), "no attacks in inference preprocessing"
+    assert all(p.stat().st_size < 25 * 2**20 for p in bundle.rglob("*") if p.is_file())
+    if name in TRAINED:
+        assert (bundle / "docs" / "data_license.txt").is_file()
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_weights_load_safely_and_fit_the_network(name):
+    bundle = BUNDLES / name
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_net_in_out(name):
+    bundle = BUNDLES / name
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        n=1,
+        any=16,
+    )
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_torchscript_export_gives_the_same_outputs(name, tmp_path):
+    bundle = BUNDLES / name
+    ts = tmp_path / "model.ts"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(bundle / "models" / "model.pt"),
+        "--meta_file",
+        str(bundle / "configs" / "metadata.json"),
+        "--config_file",
+        str(bundle / "configs" / "inference.json"),
+        "--bundle_root",
+        str(bundle),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    exported = torch.jit.load(str(ts))
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    network.eval()
+    x = torch.rand(2, 1, 32, 32) if name == CLS else torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), network(x), rtol=1e-4, atol=1e-5)
+
+
+def test_classification_inference_writes_predictions(tmp_path):
+    bundle = _copy(CLS, tmp_path)
+    data = export_demo(tmp_path / "images", task="classification", num_samples=12, image_size=32)
+    _workflow(
+        bundle, ["inference.json"], "infer", dataset_dir=str(tmp_path / "images"), output_dir=str(tmp_path / "out")
+    )
+    rows = (tmp_path / "out" / "predictions.csv").read_text().strip().splitlines()
+    assert len(rows) == 12
+    predicted = [int(float(r.split(",")[1])) for r in rows]
+    truth = [d["label"] for d in data]
+    assert np.mean(np.array(predicted) == np.array(truth)) >= 0.75  # the bundled model works on exported images
+
+
+def test_segmentation_inference_writes_label_maps(tmp_path):
+    import nibabel as nib
+
+    bundle = _copy(SEG, tmp_path)
+    export_demo(tmp_path / "images", task="segmentation", spatial_dims=3, num_samples=2)
+    _workflow(
+        bundle, ["inference.json"], "infer", dataset_dir=str(tmp_path / "images"), output_dir=str(tmp_path / "out")
+    )
+    for case in ("case_000", "case_001"):
+        seg = nib.load(tmp_path / "out" / f"{case}_seg.nii.gz")
+        ref = nib.load(tmp_path / "images" / "images" / f"{case}.nii.gz")
+        assert seg.shape[:3] == ref.shape[:3]
+        np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_one_epoch_natural_and_robust_training(name, tmp_path):
+    bundle = _copy(name, tmp_path)
+    for configs in (["train.json"], ["train.json", "train_robust.json"]):
+        ckpt = tmp_path / "ckpt" / str(len(configs))
+        wf = _workflow(bundle, configs, ckpt_dir=str(ckpt), **TINY_TRAIN[name])
+        assert (ckpt / "model.pt").is_file()
+        if len(configs) == 2:
+            assert type(wf.parser.get_parsed_content("train#trainer")).__name__ == "RobustTrainer"
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_robustness_evaluation_writes_its_report(name, tmp_path):
+    bundle = _copy(name, tmp_path)
+    out = tmp_path / "out"
+    override = {"num_test": 6 if name == CLS else 2, "attack_eps": "$[4 / 255]", "output_dir": str(out)}
+    if name == CLS:
+        override["attacks"] = ["fgsm", "pgd-20"]
+    _workflow(bundle, ["train.json", "evaluate_robustness.json"], **override)
+    report = json.loads((out / f"{name}.json").read_text())
+    validate_report(report)
+    assert (out / "robustness.md").is_file() and (out / "robustness_curves.png").is_file()
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_clean_evaluation_writes_metrics(name, tmp_path):
+    bundle = _copy(name, tmp_path)
+    out = tmp_path / "out"
+    _workflow(bundle, ["train.json", "evaluate.json"], num_test=4, output_dir=str(out))
+    assert (out / "metrics.csv").read_text().startswith("val_")
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_bundled_model_matches_its_eval_metrics(name, tmp_path):
+    """Re-measure one figure of eval_metrics with the bundle's own config: same data, seed and attack."""
+    bundle = _copy(name, tmp_path)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    attack, key = ("pgd-20", "pgd-20_accuracy_eps_8/255") if name == CLS else ("fgsm", "fgsm_mean_dice_eps_8/255")
+    override = {"attack_eps": "$[8 / 255]", "attacks": [attack], "output_dir": str(tmp_path / "out")}
+    _workflow(bundle, ["train.json", "evaluate_robustness.json"], **override)
+    report = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    metric = report["primary_metric"]
+    measured = {r["attack"]: r["metrics"][metric] for r in report["results"]}[attack]
+    assert measured == pytest.approx(meta[key], abs=0.011)
+    clean_key = "clean_accuracy" if name == CLS else "clean_mean_dice"
+    assert report["clean"][metric] == pytest.approx(meta[clean_key], abs=0.011)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRAINED)
+def test_full_robustness_evaluation_matches_eval_metrics(name, tmp_path):
+    bundle = _copy(name, tmp_path)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    _workflow(bundle, ["train.json", "evaluate_robustness.json"], output_dir=str(tmp_path / "out"))
+    report = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    metric = report["primary_metric"]
+    label = "accuracy" if metric == "accuracy" else "mean_dice"
+    for row in report["results"]:
+        assert row["metrics"][metric] == pytest.approx(
+            meta[f"{row['attack']}_{label}_eps_{row['eps_label']}"], abs=0.02
+        )
+
+
+@pytest.mark.parametrize("data_format", ["medmnist", "csv"])
+def test_template_trains_on_your_data(data_format, tmp_path):
+    bundle = _copy(TEMPLATE, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    configs = ["train.json"]
+    if data_format == "medmnist":
+        _tiny_medmnist(data)
+        override = {"medmnist_file": "tiny.npz"}
+    else:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        lines = ["image,label,split"]
+        for i, split in enumerate(["train"] * 24 + ["val"] * 8 + ["test"] * 8):
+            label = i % 2
+            pixels = rng.integers(0, 80, (20, 20)).astype(np.uint8)
+            if label:
+                pixels[5:15, 5:15] = 250
+            Image.fromarray(pixels).save(data / f"img{i}.png")
+            lines.append(f"img{i}.png,{label},{split}")
+        (data / "manifest.csv").write_text("\n".join(lines) + "\n")
+        configs.append("data_csv.json")
+        override = {"image_size": 16}
+    ckpt = tmp_path / "ckpt"
+    _workflow(
+        bundle,
+        configs + ["train_robust.json"],
+        dataset_dir=str(data),
+        ckpt_dir=str(ckpt),
+        **override,
+        **TINY_TRAIN[TEMPLATE],
+    )
+    assert (ckpt / "model.pt").is_file()
+    out = tmp_path / "out"
+    _workflow(
+        bundle,
+        configs + ["evaluate_robustness.json"],
+        dataset_dir=str(data),
+        ckpt_path=str(ckpt / "model.pt"),
+        output_dir=str(out),
+        attacks=["fgsm"],
+        attack_eps="$[4 / 255]",
+        **override,
+    )
+    report = json.loads((out / "robust_classifier.json").read_text())
+    validate_report(report)
+    assert report["num_samples"] == (12 if data_format == "medmnist" else 8)
+
+
+def _torchrun(bundle, configs, **override):
+    files = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=0",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--bundle_root",
+        str(bundle),
+    ]
+    for key, value in override.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_multi_gpu_config_trains_with_two_cpu_processes(name, tmp_path):
+    bundle = _copy(name, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    proc = _torchrun(
+        bundle, ["train.json", "train_robust.json", "multi_gpu_train.json"], ckpt_dir=ckpt, **TINY_TRAIN[name]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "the checkpoint holds the plain network's weights"

@@ -309,7 +309,7 @@ def _torchrun(bundle, configs, **override):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=0",
+        "--standalone",
         "-m",
         "monai.bundle",
         "run",
@@ -321,7 +321,7 @@ def _torchrun(bundle, configs, **override):
     for key, value in override.items():
         cmd += [f"--{key}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize("name", TRAINED)

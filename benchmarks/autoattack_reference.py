@@ -29,6 +29,46 @@ from monai_adv.benchmark.io import write_json_atomic
 from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier
 
 
+def compare(n: int, eps_255: float, steps: int, queries: int, tiny: bool = False) -> dict:
+    """Run our AutoAttack and torchattacks.AutoAttack (standard, same budgets) on the same model and images."""
+    import torchattacks  # a measurement-only dependency, like in the tests
+
+    torch.manual_seed(0)
+    x_train, y_train = bars_dataset(1024, seed=0, classes=4)
+    x, y = bars_dataset(n, seed=1, classes=4)
+    model = train_classifier(TinyClassifier(2, 1, 4, width=8), x_train, y_train, epochs=3 if tiny else 15)
+    eps = eps_255 / 255
+    start = time.perf_counter()
+    ours = AutoAttack(model, eps=eps, steps=steps, queries=queries, check=False)
+    ours_adv = ours(x, y)
+    ours_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=4, seed=0)
+    for attack in reference._autoattack.attacks:  # the same budgets as ours
+        if hasattr(attack, "steps"):
+            attack.steps = steps
+        if hasattr(attack, "n_queries"):
+            attack.n_queries = queries
+            attack.resc_schedule = False  # the standard version's fixed p schedule
+    theirs_adv = reference(x, y)
+    theirs_seconds = time.perf_counter() - start
+
+    return {
+        "clean_accuracy": accuracy(model, x, y),
+        "results": {
+            "monai_adv.AutoAttack": {"robust_accuracy": accuracy(model, ours_adv, y), "seconds": ours_seconds},
+            "torchattacks.AutoAttack": {"robust_accuracy": accuracy(model, theirs_adv, y), "seconds": theirs_seconds},
+        },
+        "ours_report": {
+            "broken_counts": ours.last_report.broken_counts,
+            "seconds": ours.last_report.seconds,
+            "notes": ours.last_report.notes,
+        },
+        "time_ratio_ours_over_reference": ours_seconds / theirs_seconds,
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eps", type=float, default=10.0, help="L-inf budget in units of 1/255")
@@ -40,47 +80,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.tiny:
         args.n, args.steps, args.queries = 16, 5, 50
-    import torchattacks  # a measurement-only dependency, like in the tests
-
-    torch.manual_seed(0)
-    x_train, y_train = bars_dataset(1024, seed=0, classes=4)
-    x, y = bars_dataset(args.n, seed=1, classes=4)
-    model = train_classifier(TinyClassifier(2, 1, 4, width=8), x_train, y_train, epochs=3 if args.tiny else 15)
-    eps = args.eps / 255
-
-    start = time.perf_counter()
-    ours = AutoAttack(model, eps=eps, steps=args.steps, queries=args.queries, check=False)
-    ours_adv = ours(x, y)
-    ours_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    reference = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=4, seed=0)
-    for attack in reference._autoattack.attacks:  # the same budgets as ours
-        if hasattr(attack, "steps"):
-            attack.steps = args.steps
-        if hasattr(attack, "n_queries"):
-            attack.n_queries = args.queries
-            attack.resc_schedule = False  # the standard version's fixed p schedule
-    theirs_adv = reference(x, y)
-    theirs_seconds = time.perf_counter() - start
-
-    rows = {
-        "monai_adv.AutoAttack": {"robust_accuracy": accuracy(model, ours_adv, y), "seconds": ours_seconds},
-        "torchattacks.AutoAttack": {"robust_accuracy": accuracy(model, theirs_adv, y), "seconds": theirs_seconds},
-    }
+    compared = compare(args.n, args.eps, args.steps, args.queries, args.tiny)
+    rows = compared["results"]
     payload = {
         "eps": f"{args.eps:g}/255",
         "images": args.n,
         "steps": args.steps,
         "queries": args.queries,
-        "clean_accuracy": accuracy(model, x, y),
-        "results": rows,
-        "ours_report": {
-            "broken_counts": ours.last_report.broken_counts,
-            "seconds": ours.last_report.seconds,
-            "notes": ours.last_report.notes,
-        },
-        "time_ratio_ours_over_reference": ours_seconds / theirs_seconds,
+        **compared,
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__,
     }

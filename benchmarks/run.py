@@ -17,7 +17,11 @@ Measured, each comparison interleaved in the same process with medians over ``--
   classifier (64x64) and a 3D UNet (64^3);
 - torchattacks: PGD-20, APGD-CE-100 and Square-1000 on a small CNN trained here (synthetic bar images):
   time ratio and robust accuracy (mean over one random-start seed per repeat);
-- adversarial training: an epoch of PGD-AT-10 and of fast-AT over an epoch of natural training (RobustTrainer).
+- AutoAttack standard against torchattacks.AutoAttack standard (same model, images, budgets): time and robust
+  accuracy (``benchmarks.autoattack_reference``);
+- adversarial training: an epoch of PGD-AT-10 and of fast-AT over an epoch of natural training (RobustTrainer);
+- 3D memory: peak memory of a PGD step through SlidingWindowInferer on a 128^3 volume over one plain
+  forward+backward pass of a batch of patches (``benchmarks.memory3d``, each in its own process).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from monai.data import DataLoader
 from monai.networks.nets import ResNet, UNet
 
+from benchmarks import autoattack_reference, memory3d
 from monai_adv.attacks import APGD, PGD, Square
 from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
@@ -173,6 +178,13 @@ def training(tiny: bool, repeats: int) -> Dict[str, dict]:
     }
 
 
+def autoattack(tiny: bool) -> dict:
+    """Our AutoAttack against torchattacks.AutoAttack, standard version, eps 10/255, same budgets."""
+    n, steps, queries = (16, 5, 50) if tiny else (256, 100, 5000)
+    compared = autoattack_reference.compare(n, 10.0, steps, queries, tiny)
+    return {"images": n, "eps": "10/255", "steps": steps, "queries": queries, **compared}
+
+
 def markdown(payload: dict) -> str:
     lines = [
         "# Performance",
@@ -198,6 +210,31 @@ def markdown(payload: dict) -> str:
             f"| {name} | {row['ours_seconds']:.2f} | {row['torchattacks_seconds']:.2f} | {row['time_ratio']:.2f} | "
             f"{row['ours_robust_accuracy']:.4f} | {row['torchattacks_robust_accuracy']:.4f} |"
         )
+    aa = payload["autoattack"]
+    lines += [
+        "",
+        f"AutoAttack standard, {aa['images']} images, eps {aa['eps']}, {aa['steps']} steps, {aa['queries']} queries "
+        f"(clean accuracy {aa['clean_accuracy']:.4f}):",
+        "",
+        "| AutoAttack | seconds | robust accuracy |",
+        "| --- | --- | --- |",
+    ]
+    for name, row in aa["results"].items():
+        lines.append(f"| {name} | {row['seconds']:.1f} | {row['robust_accuracy']:.4f} |")
+    lines.append(f"| time ratio ours / torchattacks | {aa['time_ratio_ours_over_reference']:.2f} | |")
+    mem = payload["memory_3d"]
+    lines += [
+        "",
+        f"3D memory ({mem['sliding_window_pgd_step']['device']}): a PGD step on a {mem['volume']}^3 volume through "
+        f"SlidingWindowInferer ({mem['roi']}^3 windows, {mem['sw_batch_size']} per batch) against one forward+backward "
+        f"pass of {mem['sw_batch_size']} patches of {mem['roi']}^3 (UNet 16-64 channels):",
+        "",
+        "| 3D memory | peak (MB) |",
+        "| --- | --- |",
+        f"| PGD step, sliding window | {mem['sliding_window_pgd_step']['peak_mb']:.0f} |",
+        f"| forward+backward, patch batch | {mem['patch_batch_forward_backward']['peak_mb']:.0f} |",
+        f"| ratio | {mem['ratio']:.2f} |",
+    ]
     lines += ["", "| adversarial training (one epoch) | seconds | ratio to natural |", "| --- | --- | --- |"]
     for name, row in payload["training"].items():
         lines.append(f"| {name} | {row['epoch_seconds']:.2f} | {row['ratio']:.2f} |")
@@ -220,6 +257,8 @@ def main(argv=None) -> dict:
         "overhead": overhead(args.tiny, repeats),
         "torchattacks": against_torchattacks(args.tiny, repeats),
         "training": training(args.tiny, repeats),
+        "autoattack": autoattack(args.tiny),
+        "memory_3d": memory3d.measure(48, 32, 4) if args.tiny else memory3d.measure(128, 64, 4),
     }
     text = markdown(payload)
     print(text)

@@ -1,0 +1,116 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Peak memory of one PGD step on a whole 3D volume through SlidingWindowInferer, next to one plain
+forward+backward pass of a batch of patches.
+
+Each measurement runs in a fresh process (CPU: the rise of the peak resident memory, VmHWM, over the resident
+memory once the model and the data are in place; CUDA: ``torch.cuda.max_memory_allocated``), so the two do not
+share allocator caches. Usage::
+
+    python -m benchmarks.memory3d                   # a 128^3 volume, 64^3 windows, 4 windows per batch
+    python -m benchmarks.memory3d --size 48 --roi 32 # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from typing import Dict
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import UNet
+
+from monai_adv.attacks import PGD, InfererModel
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(mode: str, size: int, roi: int, sw_batch: int) -> Dict[str, float]:
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = UNet(3, 1, 2, channels=(16, 32, 64), strides=(2, 2), num_res_units=1).to(device).eval()
+    if mode == "sliding_window_pgd_step":
+        x = torch.rand(1, 1, size, size, size, device=device)
+        y = torch.randint(0, 2, (1, 1, size, size, size), device=device)
+        model = InfererModel(net, SlidingWindowInferer(roi_size=(roi,) * 3, sw_batch_size=sw_batch, overlap=0.25))
+        attack = PGD(model, eps=4 / 255, steps=1, random_start=False, early_stop=False, seed=0)
+        run = lambda: attack(x, y)  # noqa: E731
+    else:
+        x = torch.rand(sw_batch, 1, roi, roi, roi, device=device)
+        y = torch.randint(0, 2, (sw_batch, roi, roi, roi), device=device)
+
+        def run():
+            x_in = x.clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(net(x_in), y)
+            torch.autograd.grad(loss, x_in)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20 - base, "device": "cuda"}
+    base = _status_mb("VmRSS")
+    run()
+    return {"peak_mb": _status_mb("VmHWM") - base, "device": "cpu"}
+
+
+def measure(size: int = 128, roi: int = 64, sw_batch: int = 4) -> Dict[str, dict]:
+    """Both measurements, each in its own process, and their ratio."""
+    rows = {}
+    for mode in ("sliding_window_pgd_step", "patch_batch_forward_backward"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.memory3d",
+                "--child",
+                mode,
+                "--size",
+                str(size),
+                "--roi",
+                str(roi),
+                "--sw-batch",
+                str(sw_batch),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = rows["sliding_window_pgd_step"]["peak_mb"] / max(rows["patch_batch_forward_backward"]["peak_mb"], 1e-9)
+    return {"volume": size, "roi": roi, "sw_batch_size": sw_batch, **rows, "ratio": ratio}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--roi", type=int, default=64)
+    parser.add_argument("--sw-batch", type=int, default=4)
+    parser.add_argument("--child", choices=("sliding_window_pgd_step", "patch_batch_forward_backward"))
+    args = parser.parse_args(argv)
+    if args.child:
+        result = _child(args.child, args.size, args.roi, args.sw_batch)
+        print(json.dumps(result))
+        return result
+    result = measure(args.size, args.roi, args.sw_batch)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from monai.data import DataLoader
-from monai.networks.nets import ResNet
 
 from monai_adv.benchmark.io import save_state_dict_atomic
+from monai_adv.benchmark.networks import small_classifier
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import markdown_table, write_reports
 from monai_adv.benchmark.training import train_with_defense
@@ -65,16 +65,7 @@ class DemoConfig:
 
 def demo_network() -> torch.nn.Module:
     """The demo's classifier: a small MONAI ResNet for 1-channel 2D slices, two classes."""
-    return ResNet(
-        "basic",
-        [1, 1, 1, 1],
-        [8, 16, 32, 64],
-        spatial_dims=2,
-        n_input_channels=1,
-        num_classes=2,
-        conv1_t_stride=2,
-        no_max_pool=True,
-    )
+    return small_classifier(1, 2)
 
 
 def _train(config: DemoConfig, method: str, train: BrainLesionDataset, log) -> torch.nn.Module:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from monai.bundle import ConfigParser
+from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 
 from monai_adv.data import BrainLesionDataset, CSVManifestDataset, MedMNISTDataset
@@ -172,14 +173,10 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
         transform = Compose(
             [LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label")), ScaleIntensityd("image")]
         )
-        from monai.data import Dataset
-
         data = Dataset(pairs, transform=transform)
     else:
         raise CommandError(f"--data: expected demo[:task], demo3d[:task], medmnist:, csv: or nifti:, got {spec!r}")
     if samples is not None:
-        from monai.data import Dataset
-
         data = Dataset([data[i] for i in range(min(samples, len(data)))])
     return data
 

@@ -21,9 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from monai.data import DataLoader
-from monai.networks.nets import ResNet, UNet
+from monai.networks.nets import UNet
 
 from monai_adv.benchmark.io import save_state_dict_atomic, write_json_atomic, write_text_atomic
+from monai_adv.benchmark.networks import small_classifier
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.training import TRAINING_METHODS, train_with_defense
 from monai_adv.data import BrainLesionDataset, MedMNISTDataset
@@ -97,16 +98,7 @@ def _datasets(config: GridConfig, task: str) -> Tuple[Any, Any, int, int]:
 def _network(task: str, channels: int, classes: int) -> torch.nn.Module:
     if task == "segmentation":
         return UNet(2, channels, classes, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
-    return ResNet(
-        "basic",
-        [1, 1, 1, 1],
-        [8, 16, 32, 64],
-        spatial_dims=2,
-        n_input_channels=channels,
-        num_classes=classes,
-        conv1_t_stride=2,
-        no_max_pool=True,
-    )
+    return small_classifier(channels, classes)
 
 
 def _tag(method: str, eps: float) -> str:

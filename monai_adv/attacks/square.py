@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 
 from monai_adv.attacks.base import Attack, AttackState, BestIterate
-from monai_adv.attacks.projections import clip_to_range, project
-from monai_adv.attacks.square_l2 import l2_propose, l2_start, l2_window_side, window_mask, window_starts
+from monai_adv.attacks.projections import clip_to_range
+from monai_adv.attacks.square_l2 import l2_propose, l2_start, l2_window_side
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["Square", "square_fraction", "window_side"]
@@ -142,23 +142,6 @@ class Square(Attack):
             f"p_init={self.p_init:g})"
         )
 
-    def _propose(self, x0: torch.Tensor, x_best: torch.Tensor, uniforms: torch.Tensor, fraction: float, mask):
-        """One proposal per sample around its best point, projected onto the budget and the value range."""
-        spatial = tuple(x0.shape[2:])
-        if self.norm == "L2":
-            side = l2_window_side(fraction, spatial)
-            delta = l2_propose(x0, x_best, uniforms, side, self.eps, mask)
-            return clip_to_range(x0 + delta, self.value_range)
-        # L-inf: set one window to +-eps, one random sign per channel
-        n, channels, dims = x0.shape[0], x0.shape[1], len(spatial)
-        side = window_side(fraction, spatial)
-        window = window_mask(window_starts(uniforms[:, :dims], side, spatial), side, spatial)
-        signs = torch.where(uniforms[:, 2 * dims : 2 * dims + channels] < 0.5, -1.0, 1.0).to(x0.dtype)
-        change = 2.0 * self.eps * signs.reshape(n, channels, *([1] * dims)) * window[:, None].to(x0.dtype)
-        if mask is not None:
-            change = change * mask
-        return clip_to_range(x0 + project(x_best + change - x0, self.eps, "Linf"), self.value_range)
-
     def _start(self, x0: torch.Tensor, generators: List[torch.Generator], mask) -> torch.Tensor:
         if self.norm == "L2":
             return clip_to_range(x0 + l2_start(x0, self.eps, generators, mask), self.value_range)
@@ -187,27 +170,112 @@ class Square(Attack):
         if idx.numel() == 0:
             return best.x, best.success, best.loss, used
         generators = self.generators(state, idx, 0)
-        mask = state.mask
-        x_start = self._start(state.x[idx], generators, None if mask is None else mask[idx])
+        mask = None if state.mask is None else state.mask[idx]
+        x_start = self._start(state.x[idx], generators, mask)
         loss, success = self.query(state, x_start, idx)
         best.update(idx, x_start, loss, success)
         used[idx] += 1
         spatial = tuple(state.x.shape[2:])
         # per query: two window corners, a sign per channel and a split axis (L2 uses them all)
         uniforms = _PerSampleUniforms(generators, 2 * len(spatial) + state.x.shape[1] + 1, device)
+        search = _ActiveSearch(best, idx, state.x[idx], mask, self.eps, self.norm, self.value_range)
         iterations = self.queries - 2
         for it in range(iterations):
-            if self.early_stop:
-                keep = ~best.success[idx]
-                if not bool(keep.all()):
-                    idx = idx[keep]
-                    uniforms.keep(keep)
-            if idx.numel() == 0:
+            if self.early_stop and bool(search.success.any()):
+                keep = search.drop_fooled()
+                uniforms.keep(keep)
+            if search.idx.numel() == 0:
                 break
             fraction = square_fraction(self.p_init, it, iterations, self.rescale_schedule)
-            x0 = state.x[idx]
-            proposal = self._propose(x0, best.x[idx], uniforms.draw(), fraction, None if mask is None else mask[idx])
-            loss, success = self.query(state, proposal, idx)
-            best.update(idx, proposal, loss, success)
-            used[idx] += 1
+            proposal = search.propose(uniforms.draw(), fraction)
+            loss, success = self.query(state, proposal, search.idx)
+            search.offer(proposal, loss, success)
+            used[search.idx] += 1
+        search.write_back()
         return best.x, best.success, best.loss, used
+
+
+class _ActiveSearch:
+    """The samples still searched, in compact tensors, with their best point, loss and success so far.
+
+    Working on the active rows only (and, in L-inf, on each sample's window only) keeps a query's own cost
+    small next to the model's forward pass; rows go back to the :class:`BestIterate` when they leave.
+    """
+
+    def __init__(self, best: BestIterate, idx, x0, mask, eps: float, norm: str, value_range) -> None:
+        self.best, self.idx, self.x0, self.mask = best, idx, x0, mask
+        self.eps, self.norm, self.value_range = eps, norm, value_range
+        self.x = best.x[idx]
+        self.loss = best.loss[idx]
+        self.success = best.success[idx]
+        self.spatial = tuple(x0.shape[2:])
+        if norm == "Linf":
+            # the box every coordinate must stay in: the eps-ball, the value range, and x0 where the mask is 0
+            lo, hi = x0 - eps, x0 + eps
+            if value_range is not None:
+                lo, hi = lo.clamp_min(value_range[0]), hi.clamp_max(value_range[1])
+            if mask is not None:
+                lo, hi = torch.where(mask > 0, lo, x0), torch.where(mask > 0, hi, x0)
+            self.lower, self.upper = lo.flatten(2), hi.flatten(2)
+            sizes = torch.tensor(self.spatial, device=x0.device)
+            self.strides = torch.tensor(
+                [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))], device=x0.device
+            )
+            self.sizes = sizes
+            self._offsets_side, self._offsets = -1, None
+
+    def _window_offsets(self, side: int) -> torch.Tensor:
+        """Flat offsets (side ** dims,) of a window's positions from its corner (cached per side)."""
+        if side != self._offsets_side:
+            grids = torch.meshgrid(*[torch.arange(side, device=self.x0.device)] * len(self.spatial), indexing="ij")
+            self._offsets = sum(g.flatten() * int(s) for g, s in zip(grids, self.strides.tolist()))
+            self._offsets_side = side
+        return self._offsets
+
+    def propose(self, uniforms: torch.Tensor, fraction: float) -> torch.Tensor:
+        """One proposal per active sample around its best point, inside the budget and the value range."""
+        if self.norm == "L2":
+            side = l2_window_side(fraction, self.spatial)
+            delta = l2_propose(self.x0, self.x, uniforms, side, self.eps, self.mask)
+            return clip_to_range(self.x0 + delta, self.value_range)
+        # L-inf: move one window by +-2 eps (a random sign per channel), then back into the box: the window
+        # goes to +-eps, as in the paper. Only the window's values are read and written.
+        n, channels, dims = self.x.shape[0], self.x.shape[1], len(self.spatial)
+        side = window_side(fraction, self.spatial)
+        corners = (uniforms[:, :dims] * (self.sizes - side + 1)).floor().long().minimum(self.sizes - side)
+        flat = (corners * self.strides).sum(dim=1, keepdim=True) + self._window_offsets(side)
+        index = flat[:, None].expand(n, channels, -1)
+        steps = torch.where(uniforms[:, 2 * dims : 2 * dims + channels] < 0.5, -2.0 * self.eps, 2.0 * self.eps)
+        x = self.x.flatten(2)
+        values = (x.gather(2, index) + steps[..., None].to(x.dtype)).clamp(
+            self.lower.gather(2, index), self.upper.gather(2, index)
+        )
+        return x.scatter(2, index, values).reshape(self.x.shape)
+
+    def offer(self, proposal: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+        """Take each proposal that meets the goal first, or else raises the loss (the rule of BestIterate)."""
+        better = (success & ~self.success) | ((success == self.success) & (loss > self.loss))
+        self.x = torch.where(better.reshape(-1, *([1] * (proposal.ndim - 1))), proposal, self.x)
+        self.loss = torch.where(better, loss, self.loss)
+        self.success = torch.where(better, success, self.success)
+
+    def drop_fooled(self) -> torch.Tensor:
+        """Hand the fooled samples back to the BestIterate and stop searching them; return the rows kept."""
+        self.write_back(self.success)
+        keep = ~self.success
+        for name in ("idx", "x0", "x", "loss", "success"):
+            setattr(self, name, getattr(self, name)[keep])
+        if self.mask is not None:
+            self.mask = self.mask[keep]
+        if self.norm == "Linf":
+            self.lower, self.upper = self.lower[keep], self.upper[keep]
+        return keep
+
+    def write_back(self, rows: Optional[torch.Tensor] = None) -> None:
+        """Copy the search state of the active samples (or of ``rows`` among them) into the BestIterate."""
+        idx, x, loss, success = self.idx, self.x, self.loss, self.success
+        if rows is not None:
+            idx, x, loss, success = idx[rows], x[rows], loss[rows], success[rows]
+        self.best.x[idx] = x.to(self.best.x.dtype)
+        self.best.loss[idx] = loss.to(self.best.loss.dtype)
+        self.best.success[idx] = success

@@ -16,12 +16,16 @@ Measured, each comparison interleaved in the same process with medians over ``--
 - overhead: our PGD-20 / a bare loop of 20 input-gradient forward+backward passes with sign steps, for a 2D
   classifier (64x64) and a 3D UNet (64^3);
 - torchattacks: PGD-20, APGD-CE-100 and Square-1000 on a small CNN trained here (synthetic bar images):
-  time ratio and robust accuracy (mean over one random-start seed per repeat);
+  time ratio and robust accuracy (mean over one random-start seed per repeat); APGD-CE also from torchattacks'
+  own random start, sample by sample;
 - AutoAttack standard against torchattacks.AutoAttack standard (same model, images, budgets): time and robust
   accuracy (``benchmarks.autoattack_reference``);
 - adversarial training: an epoch of PGD-AT-10 and of fast-AT over an epoch of natural training (RobustTrainer);
-- 3D memory: peak memory of a PGD step through SlidingWindowInferer on a 128^3 volume over one plain
-  forward+backward pass of a batch of patches (``benchmarks.memory3d``, each in its own process).
+- 3D memory: peak memory of a PGD step through SlidingWindowInferer on a 128^3 volume, without and with
+  gradient checkpointing, over one plain forward+backward pass of a batch of patches (``benchmarks.memory3d``,
+  each in its own process);
+- each optimization with and without it (``benchmarks.optimizations``): input-only gradients, per-sample early
+  exit, inference mode, forward passes per attack, checkpointing's time cost, autocast.
 """
 
 from __future__ import annotations
@@ -31,29 +35,22 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
+from unittest import mock
 
 import torch
 from monai.data import DataLoader
 from monai.networks.nets import ResNet, UNet
 
-from benchmarks import autoattack_reference, memory3d
+import monai_adv.attacks.apgd as apgd_module
+from benchmarks import autoattack_reference, memory3d, optimizations
+from benchmarks.optimizations import median_times
 from monai_adv.attacks import APGD, PGD, Square
 from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
 from monai_adv.engines import RobustTrainer
-from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier
-
-
-def _median_times(functions: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
-    """Run the functions interleaved ``repeats`` times; median wall time of each."""
-    times: Dict[str, List[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from tests.models import accuracy
+from tests.reference import torchattacks_apgd_start
 
 
 def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
@@ -85,7 +82,7 @@ def overhead(tiny: bool, repeats: int) -> Dict[str, dict]:
             p.requires_grad_(False)  # the bare loop computes input gradients only, as our attacks do
         target = y if y.ndim == 1 else y[:, 0]
         eps = 4 / 255
-        times = _median_times(
+        times = median_times(
             {
                 "bare": lambda m=model, a=x, b=target, e=eps: bare_loop(m, a, b, steps, e),
                 "ours": lambda m=model, a=x, b=y, e=eps: PGD(m, eps=e, steps=steps, early_stop=False)(a, b),
@@ -103,10 +100,7 @@ def overhead(tiny: bool, repeats: int) -> Dict[str, dict]:
 def against_torchattacks(tiny: bool, repeats: int) -> Dict[str, dict]:
     import torchattacks
 
-    x_train, y_train = bars_dataset(256 if tiny else 1024, seed=0)
-    x, y = bars_dataset(32 if tiny else 256, seed=1)
-    torch.manual_seed(0)
-    model = train_classifier(TinyClassifier(2, 1, 3, width=8), x_train, y_train, epochs=2 if tiny else 15)
+    model, x, y = optimizations.trained_bars(tiny)
     eps = 12 / 255
     budget = {"pgd": 2 if tiny else 20, "apgd": 5 if tiny else 100, "square": 20 if tiny else 1000}
     pairs = {
@@ -142,7 +136,24 @@ def against_torchattacks(tiny: bool, repeats: int) -> Dict[str, dict]:
             "ours_robust_accuracy": statistics.mean(robust["ours"]),
             "torchattacks_robust_accuracy": statistics.mean(robust["theirs"]),
         }
+    name = f"APGD-CE-{budget['apgd']}"
+    rows[name]["same_start_outcomes_differ"] = apgd_same_start(model, x, y, eps, budget["apgd"], repeats)
     return rows
+
+
+def apgd_same_start(model, x, y, eps: float, steps: int, repeats: int) -> int:
+    """Samples (summed over the seeds) whose outcome, robust or fooled, differs between our APGD-CE and
+    torchattacks' when ours starts from torchattacks' random start: 0 when the algorithms agree."""
+    import torchattacks
+
+    differ = 0
+    for seed in range(repeats):
+        with mock.patch.object(apgd_module, "boundary_start", torchattacks_apgd_start(seed)):
+            ours = APGD(model, eps=eps, steps=steps, seed=seed)(x, y)
+        theirs = torchattacks.APGD(model, eps=eps, steps=steps, loss="ce", seed=seed)(x, y)
+        with torch.no_grad():
+            differ += int(((model(ours).argmax(1) == y) != (model(theirs).argmax(1) == y)).sum())
+    return differ
 
 
 def training(tiny: bool, repeats: int) -> Dict[str, dict]:
@@ -163,7 +174,7 @@ def training(tiny: bool, repeats: int) -> Dict[str, dict]:
         ).run()
 
     steps = 2 if tiny else 10
-    times = _median_times(
+    times = median_times(
         {
             "nat": lambda: epoch("nat", {}),
             "pgd_at": lambda: epoch("pgd_at", {"eps": 8 / 255, "steps": steps}),
@@ -210,6 +221,13 @@ def markdown(payload: dict) -> str:
             f"| {name} | {row['ours_seconds']:.2f} | {row['torchattacks_seconds']:.2f} | {row['time_ratio']:.2f} | "
             f"{row['ours_robust_accuracy']:.4f} | {row['torchattacks_robust_accuracy']:.4f} |"
         )
+    apgd_row = next(row for name, row in payload["torchattacks"].items() if name.startswith("APGD"))
+    lines += [
+        "",
+        f"APGD-CE started from torchattacks' own random start (one seed per repeat): "
+        f"{apgd_row['same_start_outcomes_differ']} samples end differently (robust or fooled) in all, so the gap "
+        "between the two mean robust accuracies above comes from the random starts alone.",
+    ]
     aa = payload["autoattack"]
     lines += [
         "",
@@ -223,21 +241,27 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {name} | {row['seconds']:.1f} | {row['robust_accuracy']:.4f} |")
     lines.append(f"| time ratio ours / torchattacks | {aa['time_ratio_ours_over_reference']:.2f} | |")
     mem = payload["memory_3d"]
+    patch = mem["patch_batch_forward_backward"]["peak_mb"]
     lines += [
         "",
         f"3D memory ({mem['sliding_window_pgd_step']['device']}): a PGD step on a {mem['volume']}^3 volume through "
-        f"SlidingWindowInferer ({mem['roi']}^3 windows, {mem['sw_batch_size']} per batch) against one forward+backward "
-        f"pass of {mem['sw_batch_size']} patches of {mem['roi']}^3 (UNet 16-64 channels):",
+        f"SlidingWindowInferer ({mem['roi']}^3 windows, {mem['sw_batch_size']} per batch), without and with "
+        "gradient checkpointing of the window batches, against one forward+backward pass of "
+        f"{mem['sw_batch_size']} patches of {mem['roi']}^3 (UNet 16-64 channels), each in its own process:",
         "",
-        "| 3D memory | peak (MB) |",
-        "| --- | --- |",
-        f"| PGD step, sliding window | {mem['sliding_window_pgd_step']['peak_mb']:.0f} |",
-        f"| forward+backward, patch batch | {mem['patch_batch_forward_backward']['peak_mb']:.0f} |",
-        f"| ratio | {mem['ratio']:.2f} |",
+        "| 3D memory | peak (MB) | ratio to the patch batch |",
+        "| --- | --- | --- |",
+        f"| PGD step, sliding window | {mem['sliding_window_pgd_step']['peak_mb']:.0f} | "
+        f"{mem['ratio_sliding_window_pgd_step']:.2f} |",
+        f"| PGD step, sliding window, `InfererModel(..., checkpoint=True)` | "
+        f"{mem['sliding_window_pgd_step_checkpointed']['peak_mb']:.0f} | "
+        f"{mem['ratio_sliding_window_pgd_step_checkpointed']:.2f} |",
+        f"| forward+backward, patch batch | {patch:.0f} | 1.00 |",
     ]
     lines += ["", "| adversarial training (one epoch) | seconds | ratio to natural |", "| --- | --- | --- |"]
     for name, row in payload["training"].items():
         lines.append(f"| {name} | {row['epoch_seconds']:.2f} | {row['ratio']:.2f} |")
+    lines += [""] + optimizations.markdown(payload["optimizations"])
     return "\n".join(lines) + "\n"
 
 
@@ -259,6 +283,7 @@ def main(argv=None) -> dict:
         "training": training(args.tiny, repeats),
         "autoattack": autoattack(args.tiny),
         "memory_3d": memory3d.measure(48, 32, 4) if args.tiny else memory3d.measure(128, 64, 4),
+        "optimizations": optimizations.measure(args.tiny, repeats),
     }
     text = markdown(payload)
     print(text)

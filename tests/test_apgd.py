@@ -119,3 +119,44 @@ def test_apgd_is_at_least_as_strong_as_pgd_on_average(trained_bars):
     pgd = _mean_accuracy(model, x, y, lambda s: PGD(model, eps=eps, steps=20, seed=s))
     print(f"eps 12/255 robust accuracy: APGD-CE-100 {apgd:.4f}, PGD-20 {pgd:.4f}")
     assert apgd <= pgd
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_from_the_reference_start_matches_it_sample_by_sample(trained_bars, monkeypatch, loss):
+    """From torchattacks' own random start, each sample ends robust or fooled exactly as in torchattacks:
+    the step-size schedule, momentum, checkpoints and best-point restarts are the same algorithm."""
+    from monai_adv.attacks import apgd
+    from tests.reference import torchattacks_apgd_start
+
+    model, x, y = trained_bars
+    differ = 0
+    for seed in range(2):
+        monkeypatch.setattr(apgd, "boundary_start", torchattacks_apgd_start(seed))
+        ours = APGD(model, eps=12 / 255, steps=100, loss=loss, seed=seed)(x, y)
+        theirs = torchattacks.APGD(model, eps=12 / 255, steps=100, loss=loss, seed=seed)(x, y)
+        with torch.no_grad():
+            differ += int(((model(ours).argmax(1) == y) != (model(theirs).argmax(1) == y)).sum())
+    assert differ <= 1
+
+
+@pytest.mark.parametrize("loss,share", [("ce", 1.0), ("dlr", 0.95)])
+def test_apgd_from_the_reference_start_follows_its_trajectory(trained_bars, monkeypatch, loss, share):
+    """Without early exit, a sample never fooled ends at the reference's highest-loss point with its loss.
+
+    The one known difference: at the first checkpoint the reference compares the first step's loss with a
+    zero-filled buffer, where the paper (and ours) compares it with the start's loss; with the DLR loss,
+    negative before a sample is fooled, this changes the step size of a few samples.
+    """
+    from monai_adv.attacks import apgd
+    from tests.reference import torchattacks_apgd_start
+
+    model, x, y = trained_bars
+    monkeypatch.setattr(apgd, "boundary_start", torchattacks_apgd_start(0))
+    ours = APGD(model, eps=12 / 255, steps=100, loss=loss, early_stop=False).perturb(x, y)
+    torch.manual_seed(0)
+    loss_ref, x_ref = torchattacks.APGD(model, eps=12 / 255, steps=100, loss=loss).perturb(x, y, best_loss=True)
+    robust = ~ours.success
+    same_point = (ours.x_adv - x_ref)[robust].flatten(1).abs().amax(dim=1) < 1e-5
+    same_loss = (ours.loss.float() - loss_ref)[robust].abs() < 1e-5
+    assert robust.sum() > 50
+    assert (same_point & same_loss).float().mean() >= share

@@ -53,6 +53,15 @@ def test_performance_benchmark_tiny(tmp_path):
     out = tmp_path / "run.json"
     payload = main(["--tiny", "--out", str(out), "--doc", str(tmp_path / "performance.md")])
     saved = json.loads(out.read_text())
-    assert saved.keys() == payload.keys() >= {"overhead", "torchattacks", "training"}
+    assert saved.keys() == payload.keys() >= {"overhead", "torchattacks", "training", "memory_3d", "optimizations"}
     assert all(row["ratio"] > 0 for row in saved["overhead"].values())
+    apgd = next(row for name, row in saved["torchattacks"].items() if name.startswith("APGD"))
+    assert apgd["same_start_outcomes_differ"] >= 0
+    assert saved["memory_3d"]["sliding_window_pgd_step_checkpointed"]["peak_mb"] > 0
+    optimizations = saved["optimizations"]
+    assert optimizations["checkpointing"]["max_abs_difference"] == 0.0  # checkpointing changes no gradient
+    for row in optimizations["early_exit"].values():  # early exit changes no outcome
+        assert row["robust_accuracy_on"] == row["robust_accuracy_off"]
+    for row in optimizations["forward_passes"].values():  # no forward pass beyond the minimum
+        assert row["forward_passes"] == row["minimum"]
     assert not (tmp_path / "performance.md").exists(), "a tiny run does not overwrite the documented table"

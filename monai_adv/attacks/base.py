@@ -258,8 +258,12 @@ class Attack:
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def query(self, state: AttackState, x: torch.Tensor, idx: torch.Tensor):
-        """One model evaluation without gradients: per-sample loss (float64) and success of ``x`` for ``idx``."""
-        with torch.no_grad():
+        """One model evaluation without gradients: per-sample loss (float64) and success of ``x`` for ``idx``.
+
+        It runs under ``torch.inference_mode`` (no autograd bookkeeping at all); its outputs only feed
+        comparisons and copies, never a graph.
+        """
+        with torch.inference_mode():
             logits = self.forward(x)
             return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
 
@@ -272,9 +276,14 @@ class Attack:
         self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor], mask: Optional[torch.Tensor]
     ) -> AttackState:
         keep_graph = self._clean_pass_needs_grad()
-        x_with_grad = x.clone().requires_grad_(True) if keep_graph else None
-        with torch.set_grad_enabled(keep_graph):
-            clean_logits = self.forward(x_with_grad if keep_graph else x)
+        if keep_graph:  # the first step starts at the clean input: its graph gives the first gradient
+            x_with_grad = x.clone().requires_grad_(True)
+            clean_logits = self.forward(x_with_grad)
+        else:
+            x_with_grad = None
+            with torch.inference_mode():
+                clean_logits = self.forward(x)
+            clean_logits = clean_logits.clone()  # a normal tensor: later steps may index it under autograd
         detached = clean_logits.detach()
         task = infer_task(self.task, detached, y)
         labels = prepare_labels(task, y, detached, "y")

@@ -171,7 +171,7 @@ class PGD(Attack):
             with torch.no_grad():
                 x_adv = self._step(x_adv, grad, x0, mask)
         if self._evaluates_last():
-            with torch.no_grad():
+            with torch.inference_mode():
                 logits = self.forward(x_adv)
                 best.update(idx, x_adv, objective.loss(logits, idx), objective.success(logits, idx))
         else:

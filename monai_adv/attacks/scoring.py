@@ -39,7 +39,7 @@ class _Scorer(Attack):
     def _perturb(self, state: AttackState):
         x_adv = self.x_adv.to(state.x.device, state.x.dtype)
         everyone = slice(None)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = self.forward(x_adv)
             return x_adv, state.objective.success(logits, everyone), state.objective.loss(logits, everyone).double()
 

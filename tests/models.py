@@ -64,6 +64,18 @@ class PerSample(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
 
 
+class CallCounter(nn.Module):
+    """Counts the calls of the wrapped network (its forward passes)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network, self.calls = network, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.network(x)
+
+
 def bars_dataset(n: int, size: int = 16, seed: int = 0, classes: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 1, size, size) in [0, 1] of a faint bar in noise.
 

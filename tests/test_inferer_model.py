@@ -13,19 +13,7 @@ from monai.networks.nets import UNet
 
 from monai_adv.attacks import PGD, InfererModel
 from tests.cases import same_snapshot, snapshot
-from tests.models import TinyClassifier
-
-
-class CountingNetwork(torch.nn.Module):
-    """Counts the network calls (forward passes of window batches)."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network, self.calls = network, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.network(x)
+from tests.models import CallCounter, TinyClassifier
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def test_checkpointing_gives_the_same_gradient_and_attack(unet):
 
 def test_checkpointing_recomputes_each_window_batch_in_the_backward_pass(unet):
     x, y = _volume(1)
-    counting = CountingNetwork(unet)
+    counting = CallCounter(unet)
     model = InfererModel(counting, _windows(), checkpoint=True)
     with torch.no_grad():
         model(x)

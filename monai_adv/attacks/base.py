@@ -78,7 +78,8 @@ class AttackState:
     clean_logits: torch.Tensor
     clean_loss: torch.Tensor
     clean_success: torch.Tensor
-    x_with_grad: Optional[torch.Tensor] = None  # the clean input leaf of clean_logits' graph, when kept
+    x_with_grad: Optional[torch.Tensor] = None  # the input leaf of clean_logits' graph, when kept
+    clean_pass_skipped: bool = False  # the clean fields describe the first point, x_with_grad (no clean pass)
 
 
 class BestIterate:
@@ -181,8 +182,13 @@ class Attack:
         return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, loss={self.loss!r})"
 
     def __call__(self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None):
-        """Return the adversarial batch for ``x`` (N, C, *spatial) with labels ``y``; see :meth:`perturb`."""
-        return self.perturb(x, y, mask=mask, target=target).x_adv
+        """Return the adversarial batch for ``x`` (N, C, *spatial) with labels ``y``; see :meth:`perturb`.
+
+        The same ``x_adv`` as ``perturb(...).x_adv``. Asked for ``x_adv`` alone, an attack whose run never reads
+        the clean prediction (e.g. PGD as adversarial training uses it: random start, no early exit, last
+        iterate) skips the clean forward pass, which only :meth:`perturb`'s per-sample outcomes need.
+        """
+        return self._attack(x, y, mask, target, need_clean=False).x_adv
 
     def perturb(
         self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None
@@ -196,6 +202,9 @@ class Attack:
             mask: optional region of interest broadcastable to ``x``; only voxels where it is non-zero change.
             target: target labels in the form of ``y``, required when ``targeted=True``.
         """
+        return self._attack(x, y, mask, target, need_clean=True)
+
+    def _attack(self, x: torch.Tensor, y: Any, mask: Optional[Any], target: Optional[Any], need_clean: bool):
         x = check_input(x, self.value_range)
         if self.targeted is True and target is None:
             raise ValueError("`target` is required when the attack is built with targeted=True.")
@@ -211,7 +220,7 @@ class Attack:
             y_t = as_tensor_labels(y, "y", x_plain.device)
             target_t = None if target is None else as_tensor_labels(target, "target", x_plain.device)
             with model_state_guard(self.model), torch.enable_grad():
-                state = self._prepare(x_plain, y_t, target_t, mask_t)
+                state = self._prepare(x_plain, y_t, target_t, mask_t, need_clean)
                 x_adv, success, loss, *queries = self._perturb(state)
                 x_adv = enforce_budget(x_plain, x_adv.detach(), self.eps, self.norm, mask_t, self.value_range)
         return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task, *queries)
@@ -220,6 +229,16 @@ class Attack:
     def _clean_pass_needs_grad(self) -> bool:
         """Whether the clean forward pass should keep its graph (when the first step starts at the clean input)."""
         return False
+
+    def _first_point_without_clean_pass(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], keys: List[bytes], seed: int
+    ) -> Optional[torch.Tensor]:
+        """The first point the attack evaluates, when its run never reads the clean prediction; else None.
+
+        When it returns a point and only ``x_adv`` is asked for, that point's forward pass (kept with its graph
+        for the first gradient) takes the clean pass's place; the state's clean fields then describe it.
+        """
+        return None
 
     def _objective_loss(self, num_classes: int) -> str:
         """The loss of the batch's objective, given the model's number of outputs (a hook for substitutions)."""
@@ -273,11 +292,19 @@ class Attack:
         return sample_generators(keys, state.seed, stream, state.x.device)
 
     def _prepare(
-        self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor], mask: Optional[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        need_clean: bool = True,
     ) -> AttackState:
-        keep_graph = self._clean_pass_needs_grad()
-        if keep_graph:  # the first step starts at the clean input: its graph gives the first gradient
-            x_with_grad = x.clone().requires_grad_(True)
+        keys = sample_keys(x)
+        seed = resolve_seed(self.seed)
+        first = None if need_clean else self._first_point_without_clean_pass(x, mask, keys, seed)
+        keep_graph = first is not None or self._clean_pass_needs_grad()
+        if keep_graph:  # the first step's pass: its graph gives the first gradient
+            x_with_grad = (x.clone() if first is None else first.detach()).requires_grad_(True)
             clean_logits = self.forward(x_with_grad)
         else:
             x_with_grad = None
@@ -294,8 +321,6 @@ class Attack:
                 UserWarning,
                 stacklevel=3,
             )
-        keys = sample_keys(x)
-        seed = resolve_seed(self.seed)
         targets = None
         if target is not None:
             targets = prepare_labels(task, target, detached, "target")
@@ -318,6 +343,7 @@ class Attack:
             clean_loss=clean_loss,
             clean_success=clean_success,
             x_with_grad=x_with_grad,
+            clean_pass_skipped=first is not None,
         )
 
 

@@ -14,6 +14,7 @@ import torch
 
 from monai_adv.attacks.base import Attack, AttackState, BestIterate
 from monai_adv.attacks.projections import ascent_step, clip_to_range, project, random_start
+from monai_adv.attacks.seeding import sample_generators
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["PGD"]
@@ -108,6 +109,17 @@ class PGD(Attack):
     def _evaluates_last(self) -> bool:
         return self.best_iterate or self.restarts > 1
 
+    def _first_point_without_clean_pass(self, x, mask, keys, seed):
+        # random start, every sample attacked, last iterate: nothing reads the clean prediction
+        reads_clean = self.early_stop or self._evaluates_last() or self.targeted == "least_likely"
+        if not self.random_start or reads_clean or self.eps == 0:
+            return None
+        return self._random_point(x, mask, sample_generators(keys, seed, 0, x.device))
+
+    def _random_point(self, x0: torch.Tensor, mask: Optional[torch.Tensor], generators) -> torch.Tensor:
+        delta = random_start(x0, self.eps, self.norm, mask, generators)
+        return clip_to_range(x0 + delta, self.value_range)
+
     def _perturb(self, state: AttackState):
         if self.eps == 0:
             return state.x, state.clean_success, state.clean_loss.double()
@@ -137,9 +149,10 @@ class PGD(Attack):
         objective = state.objective
         x0 = state.x[idx]
         mask = None if state.mask is None else state.mask[idx]
-        if self.random_start:
-            delta = random_start(x0, self.eps, self.norm, mask, self.generators(state, idx, restart))
-            x_adv = clip_to_range(x0 + delta, self.value_range)
+        if state.clean_pass_skipped:  # the first point was drawn and evaluated in place of the clean pass
+            x_adv = state.x_with_grad.detach()[idx]
+        elif self.random_start:
+            x_adv = self._random_point(x0, mask, self.generators(state, idx, restart))
         else:
             x_adv = x0.clone()
         track = self.best_iterate or self.early_stop

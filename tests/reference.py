@@ -27,3 +27,16 @@ def torchattacks_apgd_start(seed: int) -> Callable:
         return eps * noise / noise.flatten(1).abs().amax(dim=1).reshape(-1, *([1] * (x0.ndim - 1)))
 
     return start
+
+
+def torchattacks_pgd_start(seed: int) -> Callable:
+    """A drop-in for ``monai_adv.attacks.projections.random_start`` (L-inf) that draws the start of
+    ``torchattacks.PGD`` called after ``torch.manual_seed(seed)``: U(-eps, eps) per coordinate for the batch."""
+
+    def start(x0: torch.Tensor, eps: float, norm: str, mask, generators) -> torch.Tensor:
+        if norm != "Linf" or mask is not None:
+            raise ValueError("the reference start is L-inf without a mask")
+        torch.manual_seed(seed)
+        return torch.empty_like(x0).uniform_(-eps, eps)
+
+    return start

@@ -86,3 +86,28 @@ def test_bad_defense_arguments(loader):
         RobustTrainer(**common, defense=42)
     with pytest.raises(ValueError, match="`defense_kwargs` only applies"):
         RobustTrainer(**common, defense=make_defense("nat"), defense_kwargs={"eps": 0.1})
+
+
+@pytest.mark.parametrize("clean_accuracy,passes", [(True, 3), (False, 2)])
+def test_fast_at_iteration_costs_two_passes_without_clean_monitoring(loader, clean_accuracy, passes):
+    """fast-AT: one pass at the random start for the FGSM gradient, one training pass, and the clean pass only
+    when the clean accuracy is monitored."""
+    from tests.models import CallCounter
+
+    torch.manual_seed(0)
+    net = CallCounter(TinyClassifier(2, 1, 2))
+    trainer = RobustTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 1e-2),
+        defense="fast_at",
+        defense_kwargs={"eps": 4 / 255},
+        clean_accuracy=clean_accuracy,
+    )
+    trainer.run()
+    assert net.calls == passes * len(loader)
+    out = trainer.state.output[0]
+    assert (out["clean_accuracy"] is not None) == clean_accuracy
+    assert 0.0 <= out["adversarial_accuracy"] <= 1.0

@@ -45,7 +45,8 @@ class RobustTrainer(SupervisedTrainer):
     (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
     (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
     and may be None. For defenses that never evaluate the clean batch (PGD-AT, fast-AT), the clean accuracy costs
-    one extra forward pass without gradients per iteration (next to the ten forward and backward passes of PGD-AT).
+    one extra forward pass without gradients per iteration (next to the ten forward and backward passes of PGD-AT);
+    ``clean_accuracy=False`` skips it (``"clean_accuracy"`` is then None for those defenses).
 
     Example::
 
@@ -61,6 +62,7 @@ class RobustTrainer(SupervisedTrainer):
         defense: Union[str, Defense] = "pgd_at",
         defense_kwargs: Optional[Dict[str, Any]] = None,
         loss_function: Optional[Any] = None,
+        clean_accuracy: bool = True,
         **kwargs: Any,
     ) -> None:
         if isinstance(defense, str):
@@ -70,6 +72,7 @@ class RobustTrainer(SupervisedTrainer):
         elif defense_kwargs:
             raise ValueError("`defense_kwargs` only applies when `defense` is a name.")
         self.defense = defense
+        self.clean_accuracy = bool(clean_accuracy)
         super().__init__(*args, loss_function=loss_function or torch.nn.CrossEntropyLoss(), **kwargs)
 
     def _model(self, engine) -> Any:
@@ -110,10 +113,10 @@ class RobustTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         clean = outputs["clean"]
-        if clean is None and inputs.ndim >= 3:
-            with model_state_guard(engine.network), torch.no_grad():
+        if clean is None and inputs.ndim >= 3 and engine.clean_accuracy:
+            with model_state_guard(engine.network), torch.inference_mode():
                 clean = model(inputs)
-        engine.state.output["clean_accuracy"] = _batch_accuracy(clean, targets)
+        engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets)
         engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -217,11 +217,10 @@ class _ActiveSearch:
             if mask is not None:
                 lo, hi = torch.where(mask > 0, lo, x0), torch.where(mask > 0, hi, x0)
             self.lower, self.upper = lo.flatten(2), hi.flatten(2)
-            sizes = torch.tensor(self.spatial, device=x0.device)
-            self.strides = torch.tensor(
-                [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))], device=x0.device
-            )
-            self.sizes = sizes
+            # window corners and positions as flat indices into the (N, C, prod(spatial)) view
+            self.sizes = torch.tensor(self.spatial, device=x0.device)
+            strides = [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))]
+            self.strides = torch.tensor(strides, device=x0.device)
             self._offsets_side, self._offsets = -1, None
 
     def _window_offsets(self, side: int) -> torch.Tensor:

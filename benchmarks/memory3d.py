@@ -24,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -76,36 +76,45 @@ def _child(mode: str, size: int, roi: int, sw_batch: int) -> Dict[str, float]:
     return {"peak_mb": _status_mb("VmHWM") - base, "device": "cpu"}
 
 
-def measure(size: int = 128, roi: int = 64, sw_batch: int = 4) -> Dict[str, dict]:
-    """The three measurements, each in its own process, and the ratios to the patch batch."""
-    rows = {}
+def window_count(size: int, roi: int, overlap: float = 0.25) -> int:
+    """Windows SlidingWindowInferer places on a cubic volume, counted by running it with a network that
+    only counts what it is given."""
+    seen = []
+
+    def count(windows: torch.Tensor) -> torch.Tensor:
+        seen.append(windows.shape[0])
+        return torch.zeros_like(windows)
+
+    with torch.inference_mode():
+        SlidingWindowInferer(roi_size=(roi,) * 3, sw_batch_size=64, overlap=overlap)(
+            torch.zeros(1, 1, size, size, size), count
+        )
+    return sum(seen)
+
+
+def _run_child(mode: str, size: int, roi: int, sw_batch: int) -> Dict[str, float]:
     # glibc raises its mmap threshold after frees, then keeps freed tensors in the heap, so that the resident
     # memory would also count memory free for reuse: a fixed threshold makes it follow the live tensors
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    for mode in MODES:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.memory3d",
-                "--child",
-                mode,
-                "--size",
-                str(size),
-                "--roi",
-                str(roi),
-                "--sw-batch",
-                str(sw_batch),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-m", "benchmarks.memory3d", "--child", mode, "--size", str(size)]
+    command += ["--roi", str(roi), "--sw-batch", str(sw_batch)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(size: int = 128, roi: int = 64, sw_batch: int = 4, other_sizes: Sequence[int] = ()) -> Dict[str, dict]:
+    """The three measurements, each in its own process, and the ratios to the patch batch; with ``other_sizes``,
+    the sliding-window step with and without checkpointing on volumes of those sizes too."""
+    rows = {mode: _run_child(mode, size, roi, sw_batch) for mode in MODES}
     patch = max(rows["patch_batch_forward_backward"]["peak_mb"], 1e-9)
     ratios = {f"ratio_{mode}": rows[mode]["peak_mb"] / patch for mode in SLIDING_WINDOW_MODES}
-    return {"volume": size, "roi": roi, "sw_batch_size": sw_batch, **rows, **ratios}
+    by_size = {}
+    for other in sorted({size, *other_sizes}):
+        by_size[str(other)] = {
+            mode: (rows[mode] if other == size else _run_child(mode, other, roi, sw_batch))["peak_mb"]
+            for mode in SLIDING_WINDOW_MODES
+        }
+    return {"volume": size, "roi": roi, "sw_batch_size": sw_batch, **rows, **ratios, "peak_mb_by_volume": by_size}
 
 
 def main(argv=None) -> dict:
@@ -113,13 +122,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--roi", type=int, default=64)
     parser.add_argument("--sw-batch", type=int, default=4)
+    parser.add_argument("--other-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--child", choices=MODES)
     args = parser.parse_args(argv)
     if args.child:
         result = _child(args.child, args.size, args.roi, args.sw_batch)
         print(json.dumps(result))
         return result
-    result = measure(args.size, args.roi, args.sw_batch)
+    result = measure(args.size, args.roi, args.sw_batch, args.other_sizes)
     print(json.dumps(result, indent=1))
     return result
 

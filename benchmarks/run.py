@@ -321,6 +321,22 @@ def markdown(payload: dict) -> str:
         f"{mem['ratio_sliding_window_pgd_step_checkpointed']:.2f} |",
         f"| forward+backward, patch batch | {patch:.0f} | 1.00 |",
     ]
+    if mem.get("peak_mb_by_volume"):
+        lines += [
+            "",
+            "The same step on volumes of other sizes: without checkpointing the peak follows the number of windows",
+            "(all their activations wait for the backward pass); with it, one window batch's activations plus",
+            "buffers the size of the volume (logits, their gradient, the input's gradient and copies).",
+            "",
+            "| volume | windows | peak (MB), sliding window | peak (MB), checkpointed |",
+            "| --- | --- | --- | --- |",
+        ]
+        for size, row in mem["peak_mb_by_volume"].items():
+            windows = memory3d.window_count(int(size), mem["roi"])
+            lines.append(
+                f"| {size}^3 | {windows} | {row['sliding_window_pgd_step']:.0f} | "
+                f"{row['sliding_window_pgd_step_checkpointed']:.0f} |"
+            )
     lines += [
         "",
         "An epoch of RobustTrainer (256 demo images 32x32, batch 32, MONAI ResNet) with each defense; goals: PGD-AT-10",
@@ -374,7 +390,7 @@ def main(argv=None) -> dict:
         "torchattacks": against_torchattacks(args.tiny, repeats),
         "training": training(args.tiny, repeats),
         "autoattack": autoattack(args.tiny),
-        "memory_3d": memory3d.measure(48, 32, 4) if args.tiny else memory3d.measure(128, 64, 4),
+        "memory_3d": memory3d.measure(48, 32, 4, (40,)) if args.tiny else memory3d.measure(128, 64, 4, (96, 160)),
         "optimizations": optimizations.measure(args.tiny, repeats),
     }
     text = markdown(payload)

@@ -58,9 +58,10 @@ class InfererModel(nn.Module):
 
     - ``checkpoint=True`` runs each network call (each batch of windows of a sliding-window inferer) under
       gradient checkpointing: autograd keeps only the windows and their outputs, and recomputes one batch of
-      windows' activations at a time during the backward pass. The peak memory of an attack step then stays
-      near that of one window batch whatever the volume's size, for one more forward pass per step. The
-      gradients are the same (the network is in eval mode under the attack).
+      windows' activations at a time during the backward pass. An attack step then holds the activations of
+      one window batch (``sw_batch_size`` windows) instead of those of every window, plus buffers the size of
+      the volume, for one more forward pass per step. The gradients are the same (the network is in eval mode
+      under the attack).
     - ``amp_dtype=torch.bfloat16`` (or ``torch.float16``) runs the network under ``torch.autocast`` on the
       input's device and returns float32 logits. Faster on GPUs with tensor cores; check that the attack stays
       strong enough for your model (docs/performance.md shows such a check).

@@ -34,6 +34,7 @@ def test_two_epoch_run_fires_events_and_reports_accuracies(loader, defense):
         optimizer=torch.optim.Adam(net.parameters(), 1e-2),
         defense=defense,
         defense_kwargs={"eps": 2 / 255, "steps": 3},
+        clean_accuracy=True,
     )
     fired = []
     for event in IterationEvents:

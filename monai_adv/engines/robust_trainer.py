@@ -44,9 +44,9 @@ class RobustTrainer(SupervisedTrainer):
     accuracy on clean inputs (``"clean_accuracy"``) and on the defense's adversarial inputs
     (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
     (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
-    and may be None. For defenses that never evaluate the clean batch (PGD-AT, fast-AT), the clean accuracy costs
-    one extra forward pass without gradients per iteration (next to the ten forward and backward passes of PGD-AT);
-    ``clean_accuracy=False`` skips it (``"clean_accuracy"`` is then None for those defenses).
+    and may be None. The clean accuracy comes free with the defenses that evaluate the clean batch (NAT, TRADES,
+    MART, HAT); PGD-AT and fast-AT never do, and report it (instead of None) only with ``clean_accuracy=True``,
+    for one more forward pass without gradients per iteration.
 
     Example::
 
@@ -62,7 +62,7 @@ class RobustTrainer(SupervisedTrainer):
         defense: Union[str, Defense] = "pgd_at",
         defense_kwargs: Optional[Dict[str, Any]] = None,
         loss_function: Optional[Any] = None,
-        clean_accuracy: bool = True,
+        clean_accuracy: bool = False,
         **kwargs: Any,
     ) -> None:
         if isinstance(defense, str):

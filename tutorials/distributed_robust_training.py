@@ -59,6 +59,10 @@ def main(argv=None) -> None:
     )
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: sampler.set_epoch(engine.state.epoch))
     trainer.run()
+    # DDP keeps the parameters equal and copies rank 0's buffers (BatchNorm statistics) to every rank at each
+    # forward pass, so after the last training step the model is rank 0's: copy its buffers once more
+    for buffer in net.module.buffers():
+        dist.broadcast(buffer, src=0)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(net.module.state_dict(), args.out / f"rank{rank}.pt")
     dist.destroy_process_group()

@@ -9,7 +9,8 @@
 import pytest
 import torch
 
-from monai_adv.attacks import CW, FGSM, PGD, make_attack
+from monai_adv.attacks import CW, FGSM, PGD, AutoAttack, available_attacks, make_attack
+from monai_adv.attacks.registry import attack_arguments
 from tests.models import TinyClassifier, TinySegmenter
 
 torch.manual_seed(0)
@@ -131,3 +132,63 @@ def test_empty_batch_is_returned_unchanged():
 
 def test_zero_budget_returns_the_input():
     assert torch.equal(PGD(CLS, eps=0.0)(X, Y), X)
+
+
+def _nan_network():
+    net = TinyClassifier(2, 1, 3).eval()
+    with torch.no_grad():
+        net.head.weight.fill_(float("nan"))
+    return net
+
+
+LOGIT_CASES = [
+    ("nan_weights", lambda: PGD(_nan_network())(X, Y), ValueError, "NaN or Inf logits"),
+    ("inf_logits", lambda: FGSM(lambda v: CLS(v) * float("inf"))(X, Y), ValueError, "NaN or Inf logits"),
+    ("integer_logits", lambda: PGD(lambda v: (CLS(v) * 100).long())(X, Y), TypeError, "floating-point logits"),
+    ("bool_logits", lambda: FGSM(lambda v: CLS(v) > 0)(X, Y), TypeError, "floating-point logits"),
+    ("nan_weights_autoattack", lambda: AutoAttack(_nan_network(), check=False)(X, Y), ValueError, "NaN or Inf"),
+]
+
+
+@pytest.mark.parametrize("call,error,pattern", [c[1:] for c in LOGIT_CASES], ids=[c[0] for c in LOGIT_CASES])
+def test_logits_that_cannot_be_scored_are_an_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("name", available_attacks())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_input_dtype_other_than_the_network_is_computed_in_the_network_dtype(name, dtype):
+    """The rule: compute in the network's dtype, return the input's dtype, the budget exact in it."""
+    kwargs = {"steps": 2} if "steps" in attack_arguments(name) else {}
+    kwargs.update({"queries": 20} if "queries" in attack_arguments(name) else {})
+    x = X.to(dtype)
+    attack = make_attack(name, CLS, eps=8 / 255, **kwargs)
+    x_adv = attack(x, Y)
+    assert x_adv.dtype == dtype and x_adv.shape == x.shape
+    assert float((x_adv.double() - x.double()).abs().max()) <= 8 / 255 + 1e-6
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    reference = make_attack(name, CLS, eps=8 / 255, **kwargs)(x.float(), Y)
+    if dtype == torch.float64:  # the float32 attack on the same values (the budget is enforced in float64)
+        assert torch.allclose(x_adv.float(), reference, atol=1e-6, rtol=0)
+
+
+def test_autoattack_and_transform_accept_float64_numpy_images():
+    import numpy as np
+
+    from monai_adv.transforms import RandAdversarialPerturb
+
+    x64 = X.double()
+    out = AutoAttack(CLS, version="custom", attacks=["apgd_ce"], check=True, steps=2)(x64, Y)
+    assert out.dtype == torch.float64
+    image = np.random.default_rng(0).random((1, 8, 8))
+    perturbed = RandAdversarialPerturb(CLS, "pgd", {"eps": 8 / 255, "steps": 2})(image, label=np.array(1))
+    assert torch.as_tensor(perturbed).dtype == torch.float64 and tuple(perturbed.shape) == image.shape
+
+
+@pytest.mark.parametrize("name", ["apgd_t", "fab_t"])
+def test_custom_autoattack_takes_classification_only_attacks(name):
+    net = TinyClassifier(2, 1, 4).eval()
+    aa = AutoAttack(net, version="custom", attacks=[name], steps=2, check=False)
+    out = aa(X, torch.tensor([0, 3]))
+    assert out.shape == X.shape and aa.last_report.attacks == [name]

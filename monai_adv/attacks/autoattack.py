@@ -18,7 +18,7 @@ import torch
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack, AttackResult, _like_input
 from monai_adv.attacks.fab import FAB
-from monai_adv.attacks.guard import model_state_guard
+from monai_adv.attacks.guard import model_dtype, model_state_guard
 from monai_adv.attacks.objective import infer_task
 from monai_adv.attacks.sanity import sanity_checks
 from monai_adv.attacks.scoring import score_examples
@@ -151,14 +151,17 @@ class AutoAttack:
         seg = {"seg_success_ratio": self.seg_success_ratio}
         notes: List[str] = []
         if self.version == "custom":
-            from monai_adv.attacks.registry import make_attack
+            from monai_adv.attacks.registry import attack_arguments, make_attack
 
             chain = []
             for item in self.custom:
                 if isinstance(item, Attack):
                     chain.append((type(item).__name__, item))
-                else:
-                    chain.append((str(item), make_attack(item, self.model, norm=self.norm, task=task, **common)))
+                    continue
+                # classification-only attacks (APGD-T, FAB-T) take no `task`: pass each one what it accepts
+                accepted = attack_arguments(item)
+                kwargs = {k: v for k, v in {"norm": self.norm, "task": task, **common}.items() if k in accepted}
+                chain.append((str(item), make_attack(item, self.model, **kwargs)))
             return chain, notes
         apgd = {"steps": self.steps, "norm": self.norm, "task": task, **common}
         square = Square(self.model, queries=self.queries, norm=self.norm, task=task, **common, **seg)
@@ -216,8 +219,8 @@ class AutoAttack:
         n = x.shape[0]
         x_plain = x.detach().as_subclass(torch.Tensor)
         labels = as_tensor_labels(y, "y", x_plain.device)
-        with torch.inference_mode(False), model_state_guard(self.model), torch.no_grad():
-            logits = self.model(x_plain[:1]) if n else None
+        with torch.inference_mode(False), model_state_guard(self.model) as model, torch.no_grad():
+            logits = model(x_plain[:1].to(model_dtype(self.model) or x_plain.dtype)) if n else None
         if n == 0:
             empty = torch.zeros(0, dtype=torch.bool, device=x.device)
             return AttackResult(x.detach().clone(), empty, None, empty, self.task)

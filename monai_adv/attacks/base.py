@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 
-from monai_adv.attacks.guard import model_state_guard
+from monai_adv.attacks.guard import active_model, model_dtype, model_state_guard
 from monai_adv.attacks.objective import (
     LOSS_ALIASES,
     TASK_LOSSES,
@@ -32,6 +32,7 @@ from monai_adv.attacks.validation import (
     check_choice,
     check_eps,
     check_input,
+    check_logits,
     check_mask,
     check_norm,
     check_positive,
@@ -215,14 +216,17 @@ class Attack:
             empty = torch.zeros(0, dtype=torch.bool, device=x.device)
             return AttackResult(x.detach().clone(), empty, torch.zeros(0, device=x.device), empty, self.task)
         with torch.inference_mode(False):
-            x_plain = x.detach().as_subclass(torch.Tensor).clone()
+            x_orig = x.detach().as_subclass(torch.Tensor)
+            x_plain = x_orig.to(model_dtype(self.model) or x_orig.dtype).clone()
             mask_t = check_mask(mask, x_plain)
             y_t = as_tensor_labels(y, "y", x_plain.device)
             target_t = None if target is None else as_tensor_labels(target, "target", x_plain.device)
             with model_state_guard(self.model), torch.enable_grad():
                 state = self._prepare(x_plain, y_t, target_t, mask_t, need_clean)
                 x_adv, success, loss, *queries = self._perturb(state)
-                x_adv = enforce_budget(x_plain, x_adv.detach(), self.eps, self.norm, mask_t, self.value_range)
+            # the budget holds exactly in the input's dtype, whatever dtype the network computed in
+            mask_t = None if mask_t is None else mask_t.to(x_orig.dtype)
+            x_adv = enforce_budget(x_orig, x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range)
         return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task, *queries)
 
     # ---- hooks for subclasses ------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ class Attack:
     # ---- shared machinery ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Call the model and check that it returns a logits tensor for the whole batch."""
-        out = self.model(x)
+        out = active_model(self.model)(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"`model` must return a tensor of logits, got {type(out).__name__}; wrap a model with several "
@@ -260,6 +264,11 @@ class Attack:
         if out.ndim < 2 or out.shape[0] != x.shape[0]:
             raise ValueError(
                 f"`model` must return logits (N, K[, *spatial]) for a batch of {x.shape[0]}, got {tuple(out.shape)}."
+            )
+        if not out.is_floating_point():
+            raise TypeError(
+                f"`model` must return floating-point logits, got {out.dtype}; integer or boolean outputs (e.g. class "
+                "predictions) carry no gradient and cannot be scored as logits."
             )
         return out.as_subclass(torch.Tensor) if type(out) is not torch.Tensor else out
 
@@ -312,6 +321,7 @@ class Attack:
                 clean_logits = self.forward(x)
             clean_logits = clean_logits.clone()  # a normal tensor: later steps may index it under autograd
         detached = clean_logits.detach()
+        check_logits(detached)
         task = infer_task(self.task, detached, y)
         labels = prepare_labels(task, y, detached, "y")
         if looks_like_probabilities(task, detached):

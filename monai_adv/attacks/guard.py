@@ -8,44 +8,114 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-__all__ = ["model_state_guard", "InfererModel"]
+__all__ = ["model_state_guard", "eval_view", "model_dtype", "InfererModel"]
+
+_ACTIVE = threading.local()  # per thread: id(model) -> the eval view in use by the innermost guard
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
+
+def _unwrap(model: Any) -> Any:
+    while isinstance(model, _WRAPPERS):
+        model = model.module
+    return model
+
+
+def _frozen(param: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if param is None:
+        return None
+    return nn.Parameter(param.detach(), requires_grad=False)
+
+
+def _view_of(module: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    key = id(module)
+    if key in memo:  # a module used twice (weight tying, shared blocks) stays one module in the view
+        return memo[key]
+    view = copy.copy(module)  # a shallow copy: same hooks, same buffers, same parameter storage
+    memo[key] = view
+    state = view.__dict__
+    state["training"] = False
+    state["_parameters"] = {name: _frozen(p) for name, p in module._parameters.items()}
+    state["_buffers"] = dict(module._buffers)
+    state["_modules"] = {
+        name: None if child is None else _view_of(_unwrap(child), memo) for name, child in module._modules.items()
+    }
+    return view
+
+
+def eval_view(model: Callable) -> Callable:
+    """An eval-mode, frozen view of a network that shares its parameters and buffers and never changes it.
+
+    Every submodule of the view is a shallow copy of the network's with ``training=False``, and every parameter a
+    ``requires_grad=False`` alias of the network's (same storage, no copy), so calling the view is calling the
+    network in eval mode with frozen parameters, while the network's own ``training`` and ``requires_grad``
+    flags, ``.grad`` fields and buffers are never written. That makes attacks safe when several threads attack
+    one network, or when one thread trains it while another attacks it: nothing an attack does is visible to
+    them. A ``DistributedDataParallel`` or ``DataParallel`` wrapper is unwrapped (its synchronisation belongs
+    to training). A ``torch.jit.ScriptModule`` cannot be copied so and is returned as it is: script it in eval
+    mode. A callable that is not a module (e.g. a closure over a network) is returned as it is: wrap the
+    network with :class:`InfererModel` to have it viewed too.
+    """
+    model = _unwrap(model)
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return model
+    return _view_of(model, {})
 
 
 @contextmanager
-def model_state_guard(model: Callable) -> Iterator[None]:
-    """Put an ``nn.Module`` in eval mode with frozen parameters for the duration, then restore it exactly.
+def model_state_guard(model: Callable) -> Iterator[Callable]:
+    """Yield the callable to run ``model`` with for an attack: its :func:`eval_view`; the model is never changed.
 
-    The ``training`` flag of every submodule and the ``requires_grad`` flag of every parameter are
-    recorded and written back on exit (also on error). In eval mode BatchNorm uses, and does not update,
-    its running statistics; frozen parameters make autograd skip their gradients, which the attack never
-    needs, and keep their ``.grad`` fields untouched. A callable that is not a module is left as it is:
-    wrap a network with :class:`InfererModel` to have it guarded.
+    Nested guards on the same model in one thread share one view. Inside the guard, code that only holds the
+    original model (e.g. an attack's sub-attack) reaches the view through :func:`active_model`.
+
+    Thread safety: the network is not written at all, so any number of threads may attack one network at once,
+    also while another thread trains it. What the threads share are the parameters' storage and the buffers:
+    an attack that overlaps an optimizer step sees the weights of that moment (autograd may then report an
+    in-place modification), so craft training batches inside the training loop
+    (:class:`monai_adv.handlers.AdversarialBatchHandler`) rather than in loader threads. Processes
+    (``DataLoader`` workers, ``torchrun`` ranks) each hold their own copy of the network and are independent.
     """
-    if not isinstance(model, nn.Module):
-        yield
+    views = _ACTIVE.__dict__.setdefault("views", {})
+    key = id(_unwrap(model))
+    if key in views:
+        yield views[key]
         return
-    modules = list(model.modules())
-    params = list(model.parameters())
-    training = [m.training for m in modules]
-    requires_grad = [p.requires_grad for p in params]
+    views[key] = eval_view(model)
     try:
-        for m in modules:
-            m.training = False
-        for p in params:
-            p.requires_grad_(False)
-        yield
+        yield views[key]
     finally:
-        for m, flag in zip(modules, training):
-            m.training = flag
-        for p, flag in zip(params, requires_grad):
-            p.requires_grad_(flag)
+        del views[key]
+
+
+def active_model(model: Callable) -> Callable:
+    """The view of ``model`` that a :func:`model_state_guard` of this thread is using, else ``model`` itself."""
+    return getattr(_ACTIVE, "views", {}).get(id(_unwrap(model)), model)
+
+
+def model_dtype(model: Any) -> Optional[torch.dtype]:
+    """The floating dtype of a network's first floating parameter (or buffer), None if it has none.
+
+    Attacks compute in this dtype (an input of another floating dtype is cast to it) and return the input's dtype.
+    """
+    model = _unwrap(model)
+    if not isinstance(model, nn.Module):
+        return None
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    for tensor in model.buffers():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 class InfererModel(nn.Module):

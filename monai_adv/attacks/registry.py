@@ -20,7 +20,14 @@ from monai_adv.attacks.pgd import PGD
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 
-__all__ = ["register_attack", "make_attack", "available_attacks", "attack_class", "attack_defaults"]
+__all__ = [
+    "register_attack",
+    "make_attack",
+    "available_attacks",
+    "attack_class",
+    "attack_defaults",
+    "attack_arguments",
+]
 
 _REGISTRY: Dict[str, Tuple[Type[Attack], Dict[str, Any]]] = {}
 
@@ -51,7 +58,7 @@ def make_attack(name: str, model: Callable, **kwargs: Any) -> Attack:
         TypeError: for a keyword the attack does not take.
     """
     cls, preset = _lookup(name)
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = attack_arguments(name)
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
         raise TypeError(f"Attack {name!r} ({cls.__name__}) takes no argument(s) {unknown}.")
@@ -67,6 +74,12 @@ def _lookup(name: str) -> Tuple[Type[Attack], Dict[str, Any]]:
 def attack_class(name: str) -> Type[Attack]:
     """The class registered under ``name``."""
     return _lookup(name)[0]
+
+
+def attack_arguments(name: str) -> Tuple[str, ...]:
+    """The keyword arguments the attack registered under ``name`` accepts (besides ``model``)."""
+    cls, _ = _lookup(name)
+    return tuple(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "model"))
 
 
 def attack_defaults(name: str) -> Dict[str, Any]:

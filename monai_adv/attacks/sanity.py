@@ -12,7 +12,7 @@ from typing import Callable, List
 
 import torch
 
-from monai_adv.attacks.guard import model_state_guard
+from monai_adv.attacks.guard import model_dtype, model_state_guard
 from monai_adv.attacks.objective import Objective, infer_task, looks_like_probabilities, prepare_labels
 
 __all__ = ["sanity_checks"]
@@ -34,8 +34,9 @@ def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str =
     found: List[str] = []
     if x.shape[0] == 0:
         return found
-    with torch.inference_mode(False), model_state_guard(model), torch.enable_grad():
-        x = x.detach().as_subclass(torch.Tensor).clone().requires_grad_(True)
+    network = model
+    with torch.inference_mode(False), model_state_guard(network) as model, torch.enable_grad():
+        x = x.detach().as_subclass(torch.Tensor).to(model_dtype(network) or x.dtype).clone().requires_grad_(True)
         logits = model(x)
         logits = logits.as_subclass(torch.Tensor) if type(logits) is not torch.Tensor else logits
         task = infer_task(task, logits.detach(), y)

@@ -23,6 +23,7 @@ __all__ = [
     "check_value_range",
     "check_input",
     "check_mask",
+    "check_logits",
 ]
 
 NORMS = {"linf": "Linf", "inf": "Linf", "l2": "L2", "2": "L2"}
@@ -170,3 +171,20 @@ def as_tensor_labels(y: Union[torch.Tensor, Sequence, Any], name: str, device: t
     if type(y) is not torch.Tensor:
         y = y.as_subclass(torch.Tensor)
     return y.detach().to(device)
+
+
+def check_logits(logits: torch.Tensor, what: str = "the clean input") -> torch.Tensor:
+    """Raise if the model's logits are not finite: NaN or Inf logits have no prediction and no gradient.
+
+    A network with NaN weights (a diverged training run, a broken checkpoint) returns NaN logits, whose argmax
+    would silently count as class 0; that must be an error, never a score.
+    """
+    bad = ~torch.isfinite(logits.detach()).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero()[:, 0].tolist()
+        shown = ", ".join(str(i) for i in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        raise ValueError(
+            f"The model returned NaN or Inf logits on {what} for {len(rows)} of {logits.shape[0]} sample(s) "
+            f"(rows {shown}): check the network's weights (a diverged run or a broken checkpoint) and its input."
+        )
+    return logits

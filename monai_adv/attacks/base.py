@@ -226,7 +226,9 @@ class Attack:
                 x_adv, success, loss, *queries = self._perturb(state)
             # the budget holds exactly in the input's dtype, whatever dtype the network computed in
             mask_t = None if mask_t is None else mask_t.to(x_orig.dtype)
-            x_adv = enforce_budget(x_orig, x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range)
+            x_adv = enforce_budget(
+                x_orig, x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range
+            )
         return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task, *queries)
 
     # ---- hooks for subclasses ------------------------------------------------------------------------------

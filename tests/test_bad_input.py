@@ -11,6 +11,7 @@ import torch
 
 from monai_adv.attacks import CW, FGSM, PGD, AutoAttack, available_attacks, make_attack
 from monai_adv.attacks.registry import attack_arguments
+from monai_adv.transforms import RandAdversarialPerturb
 from tests.models import TinyClassifier, TinySegmenter
 
 torch.manual_seed(0)
@@ -176,8 +177,6 @@ def test_input_dtype_other_than_the_network_is_computed_in_the_network_dtype(nam
 def test_autoattack_and_transform_accept_float64_numpy_images():
     import numpy as np
 
-    from monai_adv.transforms import RandAdversarialPerturb
-
     x64 = X.double()
     out = AutoAttack(CLS, version="custom", attacks=["apgd_ce"], check=True, steps=2)(x64, Y)
     assert out.dtype == torch.float64
@@ -192,3 +191,30 @@ def test_custom_autoattack_takes_classification_only_attacks(name):
     aa = AutoAttack(net, version="custom", attacks=[name], steps=2, check=False)
     out = aa(X, torch.tensor([0, 3]))
     assert out.shape == X.shape and aa.last_report.attacks == [name]
+
+
+class _ModelWithDefaultArgument:
+    """A model function whose only parameter has a default: a model, not a network provider."""
+
+    def __call__(self, x=None):
+        return CLS(x)
+
+
+TRANSFORM_CASES = [
+    ("image_without_channel_axis", lambda: RandAdversarialPerturb(CLS)(torch.rand(8, 8), label=1), "no channel axis"),
+    ("batch_without_batched", lambda: RandAdversarialPerturb(CLS)(X, label=Y), "pass batched=True"),
+    ("wrong_dims", lambda: RandAdversarialPerturb(CLS)(torch.rand(1, 4, 4, 4), label=1), "2D images"),
+]
+
+
+@pytest.mark.parametrize("call,pattern", [c[1:] for c in TRANSFORM_CASES], ids=[c[0] for c in TRANSFORM_CASES])
+def test_transform_names_the_layout_the_network_takes(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+def test_transform_treats_a_callable_with_a_defaulted_parameter_as_a_model():
+    out = RandAdversarialPerturb(_ModelWithDefaultArgument(), "fgsm", {"eps": 8 / 255})(X[0], label=1)
+    assert out.shape == X[0].shape
+    batch = RandAdversarialPerturb(CLS, "fgsm", {"eps": 8 / 255}, batched=True)(X, label=Y)
+    assert batch.shape == X.shape

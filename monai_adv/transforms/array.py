@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from monai.config import NdarrayOrTensor
@@ -28,22 +28,48 @@ __all__ = ["RandAdversarialPerturb", "AdversarialPerturb", "ADVERSARIAL_META_KEY
 ADVERSARIAL_META_KEY = "adversarial"
 
 
+def _expected_input(model: Any) -> Optional[Tuple[int, int]]:
+    """(in_channels, spatial dims) of a network's first convolution, or None when it has none."""
+    if not isinstance(model, nn.Module):
+        return None
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return module.in_channels, module.weight.ndim - 2
+    return None
+
+
+def _check_layout(shape: Tuple[int, ...], batched: bool, expected: Optional[Tuple[int, int]]) -> None:
+    """Raise a clear error when an image's axes cannot be what the network takes (no channel axis, a batch)."""
+    if expected is None:
+        return
+    channels, dims = expected
+    wanted = dims + (2 if batched else 1)
+    if len(shape) == wanted:
+        return
+    form = "(N, C, *spatial)" if batched else "(C, *spatial)"
+    hint = ""
+    if not batched and len(shape) == dims:
+        hint = " The image has no channel axis: add one (e.g. MONAI's EnsureChannelFirst, or img[None])."
+    elif not batched and len(shape) == dims + 2:
+        hint = " It looks like a batch: pass batched=True for plain tensors and arrays (N, C, *spatial)."
+    raise ValueError(
+        f"`img` of shape {tuple(shape)} does not fit the network, which takes {channels}-channel {dims}D images "
+        f"{form} with {dims} spatial dims.{hint}"
+    )
+
+
 def _network_provider(network: Any) -> Callable[[], Callable]:
     """A zero-argument function returning the network to attack now."""
     if isinstance(network, nn.Module):
         return lambda: network
     if callable(network):
         try:
-            required = [
-                p
-                for p in inspect.signature(network).parameters.values()
-                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
+            takes_arguments = bool(inspect.signature(network).parameters)
         except (TypeError, ValueError):
-            required = [None]
-        if not required:
-            return network  # a provider, e.g. ``lambda: trainer.network``
-        return lambda: network  # a model function taking the images
+            takes_arguments = True
+        if not takes_arguments:
+            return network  # a provider, e.g. ``lambda: trainer.network``: a callable with no parameters at all
+        return lambda: network  # a model function taking the images (also ``f(x=None)``: it has a parameter)
     raise TypeError(
         "`network` must be an nn.Module, a callable returning logits, or a zero-argument callable returning the "
         f"current network, got {type(network).__name__}."
@@ -65,8 +91,9 @@ class RandAdversarialPerturb(RandomizableTransform):
 
     Args:
         network: the network to attack: an ``nn.Module``, a model function ``f(images) -> logits``, or a
-            zero-argument callable returning the current network (e.g. ``lambda: trainer.network``) to follow a
-            model that is being trained.
+            callable with no parameters at all returning the current network (e.g. ``lambda: trainer.network``) to
+            follow a model that is being trained. A callable with any parameter, even one with a default
+            (``f(x=None)``), is a model function.
         attack: a registered attack name (see ``monai-adv attacks``) or an :class:`~monai_adv.attacks.Attack`
             instance (its model is replaced by ``network`` when ``network`` is given).
         attack_kwargs: keyword arguments for a named attack, e.g. ``{"eps": 4 / 255, "steps": 10}``. Unlike the
@@ -75,7 +102,9 @@ class RandAdversarialPerturb(RandomizableTransform):
         prob: probability of perturbing.
         value_range: intensity range of the images (``(lo, hi)``) or None for unbounded intensities.
         device: where the attack runs; default the network's device. The output returns to the input's device.
-        batched: whether inputs are batches; None reads MetaTensor's ``is_batch`` (single sample otherwise).
+        batched: whether inputs are batches; None reads MetaTensor's ``is_batch`` (single sample otherwise). A
+            plain (N, C, *spatial) tensor or array is a batch only with ``batched=True``; an image without a channel
+            axis, or a batch passed as one sample, is an error naming the shape the network takes.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -156,6 +185,7 @@ class RandAdversarialPerturb(RandomizableTransform):
         x = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
         y = convert_to_tensor(label, track_meta=False)
         m = None if mask is None else convert_to_tensor(mask, track_meta=False)
+        _check_layout(tuple(x.shape), batched, _expected_input(model))
         if not batched:
             x, y = x[None], y[None]
             m = None if m is None else m[None]

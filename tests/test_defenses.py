@@ -118,3 +118,63 @@ def test_bad_input(problem):
         make_defense("trades", steps=1)(seg, torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match="`loss` must be one of"):
         make_defense("pgd_at", loss="hinge")
+
+
+BAD_DEFENSE_INPUTS = [
+    (
+        "nan",
+        lambda x: x.masked_fill(
+            torch.zeros_like(x, dtype=torch.bool).index_fill_(0, torch.tensor([0]), True), float("nan")
+        ),
+        ValueError,
+        "NaN or Inf",
+    ),
+    ("outside_range", lambda x: x * 3, ValueError, "outside `value_range`"),
+    ("integer", lambda x: (x * 255).to(torch.uint8), TypeError, "floating-point"),
+]
+
+
+@pytest.mark.parametrize("name", ["nat", "pgd_at", "fast_at", "trades", "mart", "hat"])
+@pytest.mark.parametrize(
+    "make_bad,error,pattern", [c[1:] for c in BAD_DEFENSE_INPUTS], ids=[c[0] for c in BAD_DEFENSE_INPUTS]
+)
+def test_every_defense_checks_its_inputs(name, make_bad, error, pattern):
+    net = TinyClassifier(2, 1, 3)
+    kwargs = {"helper": TinyClassifier(2, 1, 3).eval()} if name == "hat" else {}
+    defense = make_defense(name, eps=2 / 255, steps=1, **kwargs) if name != "nat" else make_defense(name)
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(error, match=pattern):
+        defense(net, make_bad(x), torch.tensor([0, 1, 2, 0]))
+
+
+@pytest.mark.parametrize("name", ["nat", "pgd_at", "fast_at", "trades", "mart", "hat"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_defenses_compute_in_the_network_dtype(name, dtype):
+    torch.manual_seed(0)
+    net = TinyClassifier(2, 1, 3)
+    kwargs = {"helper": TinyClassifier(2, 1, 3).eval()} if name == "hat" else {}
+    defense = make_defense(name, eps=2 / 255, steps=1, **kwargs) if name != "nat" else make_defense(name)
+    loss, outputs = defense(net, torch.rand(4, 1, 8, 8).to(dtype), torch.tensor([0, 1, 2, 0]))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_fast_at_takes_the_shared_defense_arguments_with_a_warning():
+    with pytest.warns(UserWarning, match="fast_at takes one FGSM step"):
+        defense = make_defense("fast_at", eps=4 / 255, steps=10)
+    assert defense.steps == 1
+    assert make_defense("fast_at", steps=1).steps == 1
+    with pytest.raises(ValueError, match="`steps` must be an integer >= 1"):
+        make_defense("fast_at", steps=0)
+
+
+def test_trades_inner_attack_runs_the_network_in_eval_mode_without_changing_it():
+    net = TinyClassifier(2, 1, 3).train()
+    bn = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    modes = []
+    net.register_forward_pre_hook(lambda m, inp: modes.append(m.training))
+    make_defense("trades", eps=2 / 255, steps=2)(net, torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+    # clean and adversarial training passes in train mode; the 1 + 2 inner-attack passes in eval mode
+    assert modes == [True, False, False, False, True]
+    assert net.training and all(m.training for m in bn)

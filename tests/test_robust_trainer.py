@@ -112,3 +112,61 @@ def test_fast_at_iteration_costs_two_passes_without_clean_monitoring(loader, cle
     out = trainer.state.output[0]
     assert (out["clean_accuracy"] is not None) == clean_accuracy
     assert 0.0 <= out["adversarial_accuracy"] <= 1.0
+
+
+def _seeded_trainer(loader, net, max_epochs, defense):
+    return RobustTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.05, momentum=0.9),
+        defense=defense,
+        defense_kwargs={"eps": 4 / 255, "steps": 2},
+        seed=3,
+    )
+
+
+@pytest.mark.parametrize("defense", ["pgd_at", "trades"])
+def test_seeded_training_resumed_from_a_checkpoint_reaches_the_same_weights(loader, defense, tmp_path):
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    torch.manual_seed(0)
+    initial = TinyClassifier(2, 1, 2).state_dict()
+
+    def fresh():
+        net = TinyClassifier(2, 1, 2)
+        net.load_state_dict(initial)
+        return net
+
+    whole = fresh()
+    _seeded_trainer(loader, whole, 2, defense).run()
+
+    first = fresh()
+    trainer = _seeded_trainer(loader, first, 1, defense)
+    CheckpointSaver(
+        str(tmp_path), {"net": first, "opt": trainer.optimizer, "trainer": trainer}, save_final=True
+    ).attach(trainer)
+    trainer.run()
+    (checkpoint,) = tmp_path.glob("*.pt")
+    torch.manual_seed(123)  # the global generator is elsewhere after a restart: the run must not depend on it
+    second = fresh()
+    resumed = _seeded_trainer(loader, second, 2, defense)
+    objects = {"net": second, "opt": resumed.optimizer, "trainer": resumed}
+    CheckpointLoader(str(checkpoint), objects).attach(resumed)
+    resumed.run()
+    assert resumed.state.epoch == 2
+    for (name, a), b in zip(whole.state_dict().items(), second.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_a_bad_seed_is_rejected(loader):
+    with pytest.raises(TypeError, match="`seed` must be an int"):
+        RobustTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=loader,
+            network=TinyClassifier(2, 1, 2),
+            optimizer=None,
+            seed="0",
+        )

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -35,29 +34,62 @@ def _frozen(param: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return nn.Parameter(param.detach(), requires_grad=False)
 
 
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # the state every nn.Module has: flags, parameters, hooks, children
+_VIEW_CLASSES: Dict[type, type] = {}
+_VIEW_LOCK = threading.Lock()
+
+
+class _ViewMixin:
+    """A module's eval view: its own flags, frozen parameters and child views; every other attribute is the
+    original's, read and written through, so state a module keeps on purpose (a call counter, a cache) stays one."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_view_original"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        local = name in _MODULE_KEYS or isinstance(value, (nn.Module, nn.Parameter))
+        if local or any(name in self.__dict__[key] for key in ("_parameters", "_buffers", "_modules")):
+            super().__setattr__(name, value)
+        else:
+            setattr(self.__dict__["_view_original"], name, value)
+
+
+def _view_class(cls: type) -> type:
+    with _VIEW_LOCK:
+        if cls not in _VIEW_CLASSES:
+            _VIEW_CLASSES[cls] = type(cls.__name__, (_ViewMixin, cls), {"__module__": cls.__module__})
+        return _VIEW_CLASSES[cls]
+
+
 def _view_of(module: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
     key = id(module)
     if key in memo:  # a module used twice (weight tying, shared blocks) stays one module in the view
         return memo[key]
-    view = copy.copy(module)  # a shallow copy: same hooks, same buffers, same parameter storage
+    view = object.__new__(_view_class(type(module)))
     memo[key] = view
-    state = view.__dict__
+    state = {k: v for k, v in module.__dict__.items() if k in _MODULE_KEYS}  # same hook dicts, shared
+    state["_view_original"] = module
     state["training"] = False
     state["_parameters"] = {name: _frozen(p) for name, p in module._parameters.items()}
-    state["_buffers"] = dict(module._buffers)
+    state["_buffers"] = dict(module._buffers)  # same buffer tensors
     state["_modules"] = {
         name: None if child is None else _view_of(_unwrap(child), memo) for name, child in module._modules.items()
     }
+    view.__dict__.update(state)
     return view
 
 
 def eval_view(model: Callable) -> Callable:
     """An eval-mode, frozen view of a network that shares its parameters and buffers and never changes it.
 
-    Every submodule of the view is a shallow copy of the network's with ``training=False``, and every parameter a
-    ``requires_grad=False`` alias of the network's (same storage, no copy), so calling the view is calling the
-    network in eval mode with frozen parameters, while the network's own ``training`` and ``requires_grad``
-    flags, ``.grad`` fields and buffers are never written. That makes attacks safe when several threads attack
+    Every submodule of the view is an instance of the network's class with its own ``training=False``, its own
+    child views, and every parameter a ``requires_grad=False`` alias of the network's (same storage, no copy);
+    hooks, buffers and every other attribute are the network's (read and written through). So calling the view
+    is calling the network in eval mode with frozen parameters, while the network's own ``training`` and
+    ``requires_grad`` flags, ``.grad`` fields and buffers are never written by the view. That makes attacks safe when several threads attack
     one network, or when one thread trains it while another attacks it: nothing an attack does is visible to
     them. A ``DistributedDataParallel`` or ``DataParallel`` wrapper is unwrapped (its synchronisation belongs
     to training). A ``torch.jit.ScriptModule`` cannot be copied so and is returned as it is: script it in eval

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -15,9 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_adv.attacks import FGSM, PGD, model_state_guard
+from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.objective import Objective, infer_task, prepare_labels
 from monai_adv.attacks.projections import ascent_step, clip_to_range, project
-from monai_adv.attacks.validation import check_choice, check_eps, check_int, check_norm, check_value_range
+from monai_adv.attacks.validation import (
+    check_choice,
+    check_eps,
+    check_input,
+    check_int,
+    check_norm,
+    check_value_range,
+)
 
 __all__ = ["Defense", "NaturalTraining", "PGDAT", "FastAT", "TRADES", "MART", "HAT", "survey_step"]
 
@@ -77,14 +86,29 @@ class Defense:
             )
         self.task = check_choice(task, "task", ("auto", "classification", "multilabel", "segmentation"))
         self.loss = check_choice(loss, "loss", ("ce", "dice"))
+        self.seed: Optional[int] = None  # the current call's attack seed (see __call__)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:g}, steps={self.steps}, alpha={self.alpha:g})"
 
-    def __call__(self, network: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Outputs]:
+    def __call__(
+        self, network: Callable, inputs: torch.Tensor, targets: torch.Tensor, seed: Optional[int] = None
+    ) -> Tuple[torch.Tensor, Outputs]:
         """Return the training loss (differentiable w.r.t. the network's parameters) and the logits:
-        ``{"clean": logits on inputs or None, "adversarial": logits on the adversarial inputs or None}``."""
-        return self.objective(network, inputs, targets)
+        ``{"clean": logits on inputs or None, "adversarial": logits on the adversarial inputs or None}``.
+
+        Every defense checks ``inputs`` as the attacks do (a floating tensor (N, C, *spatial), finite, inside
+        ``value_range``) and computes in the network's dtype (a float64 or float16 batch is cast to it).
+        ``seed`` seeds the training attack's random start (None: PyTorch's global generator);
+        :class:`~monai_adv.engines.RobustTrainer` passes one per iteration when it is given a ``seed``.
+        """
+        self.seed = seed
+        return self.objective(network, self._check_inputs(network, inputs), targets)
+
+    def _check_inputs(self, network: Callable, inputs: torch.Tensor) -> torch.Tensor:
+        check_input(inputs, self.value_range)
+        dtype = model_dtype(network)
+        return inputs if dtype is None or inputs.dtype == dtype else inputs.to(dtype)
 
     def objective(self, network, inputs, targets) -> Tuple[torch.Tensor, Outputs]:
         raise NotImplementedError
@@ -120,7 +144,7 @@ class Defense:
             random_start=True,
             best_iterate=False,
             early_stop=False,
-            seed=None,
+            seed=self.seed,
         )
         return attack(inputs.detach(), targets)
 
@@ -128,10 +152,14 @@ class Defense:
         """TRADES' inner maximization: sign steps on KL(f(x') || f(x)) from x + 0.001 N(0, 1), projected."""
         model = _unwrap(network)
         x = inputs.detach()
-        with model_state_guard(model), torch.enable_grad():
+        with model_state_guard(model) as model, torch.enable_grad():
             with torch.no_grad():
                 clean = F.softmax(model(x), dim=1)
-            x_adv = clip_to_range(x + 0.001 * torch.randn_like(x), self.value_range)
+            generator = None
+            if self.seed is not None:
+                generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_adv = clip_to_range(x + 0.001 * noise, self.value_range)
             for _ in range(self.steps):
                 x_adv = x_adv.detach().requires_grad_(True)
                 kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), clean, reduction="sum")
@@ -171,7 +199,13 @@ class FastAT(Defense):
 
     name = "fast_at"
 
-    def __init__(self, eps: float = 8 / 255, alpha: Optional[float] = None, **kwargs) -> None:
+    def __init__(
+        self, eps: float = 8 / 255, alpha: Optional[float] = None, steps: Optional[int] = None, **kwargs
+    ) -> None:
+        """``steps`` is accepted so that one set of defense arguments serves every defense (the bundles'
+        ``defense_kwargs``); fast-AT always takes one step, and any other value is ignored with a warning."""
+        if steps is not None and check_int(steps, "steps") != 1:
+            warnings.warn(f"fast_at takes one FGSM step: `steps`={steps} is ignored.", UserWarning, stacklevel=2)
         super().__init__(eps=eps, steps=1, alpha=1.25 * eps if alpha is None else alpha, **kwargs)
 
     def objective(self, network, inputs, targets):
@@ -184,7 +218,7 @@ class FastAT(Defense):
             value_range=self.value_range,
             task=self.task,
             random_start=True,
-            seed=None,
+            seed=self.seed,
         )
         logits = network(attack(inputs.detach(), targets))
         return self._criterion(logits, targets), {"clean": None, "adversarial": logits}
@@ -268,8 +302,8 @@ class HAT(TRADES):
         labels = self._check_classification(logits, targets)
         x_adv = self._kl_attack(network, inputs)
         x_helper = clip_to_range(inputs + self.h * (x_adv - inputs), self.value_range).detach()
-        with model_state_guard(self.helper), torch.no_grad():
-            helper_labels = self.helper(x_adv).argmax(dim=1)
+        with model_state_guard(self.helper) as helper, torch.no_grad():
+            helper_labels = helper(x_adv.to(model_dtype(self.helper) or x_adv.dtype)).argmax(dim=1)
         logits_adv = network(x_adv)
         loss = F.cross_entropy(logits, labels) + self.beta * self._kl_term(logits_adv, logits)
         loss = loss + self.gamma * F.cross_entropy(network(x_helper), helper_labels)

@@ -48,6 +48,13 @@ class RobustTrainer(SupervisedTrainer):
     MART, HAT); PGD-AT and fast-AT never do, and report it (instead of None) only with ``clean_accuracy=True``,
     for one more forward pass without gradients per iteration.
 
+    ``seed`` (an int) makes the defense's own random draws (the training attack's random start) a function of
+    ``seed`` and the iteration count, so a run killed and resumed from MONAI's ``CheckpointLoader`` (saving the
+    network, the optimizer and the trainer, whose state holds the iteration count) ends with the same weights as
+    the uninterrupted run. The data order and dropout stay the loader's and the network's: use a seeded sampler
+    (or ``shuffle=False``) and a network without dropout for bit-identical resumption. ``seed=None`` draws from
+    PyTorch's global generator.
+
     Example::
 
         trainer = RobustTrainer(device="cpu", max_epochs=10, train_data_loader=loader, network=net,
@@ -63,8 +70,12 @@ class RobustTrainer(SupervisedTrainer):
         defense_kwargs: Optional[Dict[str, Any]] = None,
         loss_function: Optional[Any] = None,
         clean_accuracy: bool = False,
+        seed: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"`seed` must be an int or None, got {type(seed).__name__}.")
+        self.seed = seed
         if isinstance(defense, str):
             defense = make_defense(defense, **(defense_kwargs or {}))
         elif not isinstance(defense, Defense):
@@ -80,6 +91,13 @@ class RobustTrainer(SupervisedTrainer):
             return engine.network
         return InfererModel(engine.network, engine.inferer)
 
+    def _iteration_seed(self, engine: RobustTrainer) -> Optional[int]:
+        """The seed of this iteration's attack: a function of ``seed`` and the iteration count only, so a run
+        resumed from a checkpoint (which restores the iteration count) draws what the uninterrupted run drew."""
+        if self.seed is None:
+            return None
+        return (self.seed * 1_000_003 + int(engine.state.iteration)) % (2**31 - 1)
+
     def _iteration(self, engine: RobustTrainer, batchdata: Dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -89,7 +107,7 @@ class RobustTrainer(SupervisedTrainer):
         model = self._model(engine)
 
         def _compute_loss():
-            loss, outputs = engine.defense(model, inputs, targets)
+            loss, outputs = engine.defense(model, inputs, targets, seed=self._iteration_seed(engine))
             engine.state.output[Keys.PRED] = (
                 outputs["adversarial"] if outputs["adversarial"] is not None else outputs["clean"]
             )
@@ -114,8 +132,8 @@ class RobustTrainer(SupervisedTrainer):
             engine.optimizer.step()
         clean = outputs["clean"]
         if clean is None and inputs.ndim >= 3 and engine.clean_accuracy:
-            with model_state_guard(engine.network), torch.inference_mode():
-                clean = model(inputs)
+            with model_state_guard(model) as view, torch.inference_mode():
+                clean = view(inputs)
         engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets)
         engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

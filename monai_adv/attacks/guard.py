@@ -89,12 +89,12 @@ def eval_view(model: Callable) -> Callable:
     child views, and every parameter a ``requires_grad=False`` alias of the network's (same storage, no copy);
     hooks, buffers and every other attribute are the network's (read and written through). So calling the view
     is calling the network in eval mode with frozen parameters, while the network's own ``training`` and
-    ``requires_grad`` flags, ``.grad`` fields and buffers are never written by the view. That makes attacks safe when several threads attack
-    one network, or when one thread trains it while another attacks it: nothing an attack does is visible to
-    them. A ``DistributedDataParallel`` or ``DataParallel`` wrapper is unwrapped (its synchronisation belongs
-    to training). A ``torch.jit.ScriptModule`` cannot be copied so and is returned as it is: script it in eval
-    mode. A callable that is not a module (e.g. a closure over a network) is returned as it is: wrap the
-    network with :class:`InfererModel` to have it viewed too.
+    ``requires_grad`` flags, ``.grad`` fields and buffers are never written by the view. That makes attacks safe
+    when several threads attack one network, or when one thread trains it while another attacks it: nothing an
+    attack does is visible to them. A ``DistributedDataParallel`` or ``DataParallel`` wrapper is unwrapped (its
+    synchronisation belongs to training). A ``torch.jit.ScriptModule`` cannot be viewed so and is returned as it
+    is: script it in eval mode. A callable that is not a module (e.g. a closure over a network) is returned as it
+    is: wrap the network with :class:`InfererModel` to have it viewed too.
     """
     model = _unwrap(model)
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):

@@ -203,7 +203,9 @@ def test_segmentation_and_multilabel():
     [
         ({"eps": []}, ValueError, "eps"),
         ({"eps": 0.1}, ValueError, "eps"),
-        ({"eps": [0.1, 0.1]}, ValueError, "repeat"),
+        ({"eps": [0.1, 0.1]}, ValueError, "two budgets shown as '0.1'"),
+        ({"eps": [1 / 255, 1 / 255 + 1e-12]}, ValueError, "two budgets shown as '1/255'"),
+        ({"eps": [1 / 255, 0.0039215687]}, ValueError, "overwrite each other"),
         ({"eps": [-0.1]}, ValueError, "eps"),
         ({"attacks": []}, ValueError, "attacks"),
         ({"attacks": ["nope"]}, ValueError, "Unknown attack 'nope'"),
@@ -227,3 +229,24 @@ def test_report_before_run(trained_bars):
     model, x, y = trained_bars
     with pytest.raises(RuntimeError, match="run"):
         RobustnessEvaluator("cpu", _loader(x[:4], y[:4]), model, ["fgsm"], [0.01]).report()
+
+
+def test_nan_logits_are_an_error_not_a_score():
+    net = TinyClassifier(2, 1, 3).eval()
+    with torch.no_grad():
+        net.head.bias.fill_(float("nan"))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with pytest.raises(ValueError, match="NaN or Inf logits on the clean input for 8 of 8"):
+        RobustnessEvaluator("cpu", _loader(x, y), net, ["fgsm"], [0.01]).run()
+
+
+def test_logits_that_turn_nan_under_attack_are_an_error():
+    net = TinyClassifier(2, 1, 3).eval()
+
+    def model(v):  # finite on clean inputs, NaN once an image changes
+        logits = net(v)
+        return logits if bool(v.eq(x[: v.shape[0]]).all()) else logits * float("nan")
+
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with pytest.raises(ValueError, match="NaN or Inf logits"):
+        RobustnessEvaluator("cpu", _loader(x, y, 8), model, ["fgsm"], [0.01]).run()

@@ -116,3 +116,16 @@ def eps_label(eps: float, value_range: Optional[Sequence[float]] = (0.0, 1.0)) -
         if eps > 0 and abs(scaled - round(scaled)) < 1e-6:
             return f"{int(round(scaled))}/255"
     return f"{eps:g}"
+
+
+def check_distinct_budgets(eps: Sequence[float], value_range: Optional[Sequence[float]] = (0.0, 1.0)) -> None:
+    """Raise if two budgets are equal or are shown with the same label (their results would overwrite each other)."""
+    seen: Dict[str, float] = {}
+    for value in eps:
+        label = eps_label(value, value_range)
+        if label in seen:
+            raise ValueError(
+                f"`eps` holds two budgets shown as {label!r} ({seen[label]!r} and {value!r}): their results would "
+                "share one column and overwrite each other; give each budget once."
+            )
+        seen[label] = value

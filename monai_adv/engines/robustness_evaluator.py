@@ -19,8 +19,14 @@ from monai.utils import optional_import
 
 from monai_adv.attacks import InfererModel
 from monai_adv.attacks.objective import infer_task, prepare_labels
-from monai_adv.attacks.validation import check_eps, check_norm, check_value_range
-from monai_adv.engines.attack_suite import AttackSpec, build_attack, eps_label, parse_attack_specs
+from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
+from monai_adv.engines.attack_suite import (
+    AttackSpec,
+    build_attack,
+    check_distinct_budgets,
+    eps_label,
+    parse_attack_specs,
+)
 from monai_adv.engines.robustness_results import RobustnessResults
 from monai_adv.metrics import SampleOutcome, perturbation_norms, sample_outcome, worst_case_index
 
@@ -122,11 +128,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
             raise ValueError(f"`eps` must be a non-empty list of budgets, e.g. [1/255, 2/255], got {eps!r}.")
         self.eps_values = [check_eps(e) for e in eps]
-        if len(set(self.eps_values)) != len(self.eps_values):
-            raise ValueError(f"`eps` must not repeat a budget, got {list(eps)}.")
         self.specs = parse_attack_specs(attacks)
         self.norm = check_norm(norm)
         self.value_range = check_value_range(value_range)
+        check_distinct_budgets(self.eps_values, self.value_range)
         if task not in ("auto", "classification", "multilabel", "segmentation"):
             raise ValueError(f'`task` must be "auto", "classification", "multilabel" or "segmentation", got {task!r}.')
         if surrogate is not None and not callable(surrogate):
@@ -187,14 +192,17 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.results = None
         self.state.examples = {}
 
-    def _forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, *args: Any, what: str = "the clean input", **kwargs: Any) -> torch.Tensor:
         with self.mode(self.network):
             if self.amp:
                 with torch.autocast("cuda", **self.amp_kwargs):
                     out = self.inferer(x, self.network, *args, **kwargs)
             else:
                 out = self.inferer(x, self.network, *args, **kwargs)
-        return out.detach().as_subclass(torch.Tensor).float()
+        out = out.detach().as_subclass(torch.Tensor)
+        if not out.is_floating_point():
+            raise TypeError(f"The network must return floating-point logits, got {out.dtype}.")
+        return check_logits(out.float(), what)
 
     def _iteration(self, engine: RobustnessEvaluator, batchdata: Dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -229,7 +237,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 start = time.perf_counter()
                 x_adv = engine._attacks[(spec.name, eps)].perturb(inputs, targets, mask=mask).x_adv
                 seconds = time.perf_counter() - start
-                adv_logits = engine._forward(x_adv, *args, **kwargs)
+                adv_logits = engine._forward(x_adv, *args, what=f"the {spec.name} examples", **kwargs)
                 outcome = sample_outcome(results.task, adv_logits, labels)
                 norms = perturbation_norms(inputs, x_adv)
                 results.cell(spec.name, eps).add(

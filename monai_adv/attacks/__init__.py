@@ -16,7 +16,7 @@ from monai_adv.attacks.base import Attack, AttackResult
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
-from monai_adv.attacks.guard import InfererModel, model_state_guard
+from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
 from monai_adv.attacks.pgd import PGD
 from monai_adv.attacks.registry import (
     attack_class,
@@ -52,6 +52,8 @@ __all__ = [
     "losses",
     "make_attack",
     "model_state_guard",
+    "eval_view",
+    "model_dtype",
     "register_attack",
     "sanity_checks",
     "score_examples",

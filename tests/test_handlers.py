@@ -107,6 +107,41 @@ def test_bad_arguments():
         AdversarialBatchHandler("deepfool")
     with pytest.raises(TypeError, match="`attack` must be an attack name"):
         AdversarialBatchHandler(3)
+    with pytest.raises(TypeError, match="`attack_kwargs` must be a dict"):
+        AdversarialBatchHandler("pgd", attack_kwargs=[("eps", 0.1)])
+    with pytest.raises(ValueError, match="`attack_kwargs` only applies when `attack` is a name"):
+        AdversarialBatchHandler(PGD(TinyClassifier(2, 1, 2)), attack_kwargs={"eps": 0.1})
+
+
+def _one_iteration_batch(loaders, handler):
+    train_loader, _ = loaders
+    torch.manual_seed(0)
+    net = TinyClassifier(2, 1, 2)
+    torch.manual_seed(torch.seed() % 1000)  # a different global state each run: only the handler's seed counts
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=2,
+        train_data_loader=DataLoader(train_loader.dataset, batch_size=16),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.0),
+        loss_function=torch.nn.CrossEntropyLoss(),
+    )
+    handler.attach(trainer)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.batch["image"].clone()))
+    trainer.run()
+    return seen
+
+
+def test_a_seed_in_attack_kwargs_is_the_users_and_varies_by_iteration(loaders):
+    kwargs = {**PGD_KWARGS, "random_start": True, "seed": 5}
+    first = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs))
+    torch.manual_seed(99)  # the global generator does not matter with a seed
+    again = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs))
+    assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, again))
+    other = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", {**kwargs, "seed": 6}))
+    assert not torch.equal(first[0], other[0])
 
 
 def test_built_from_a_bundle_config():

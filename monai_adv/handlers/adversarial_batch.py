@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
+import copy
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from monai.utils import min_version, optional_import
@@ -39,7 +40,8 @@ class AdversarialBatchHandler:
         attack: a registered attack name, or an :class:`~monai_adv.attacks.Attack` (its model is replaced by the
             engine's network at each call).
         attack_kwargs: keyword arguments of a named attack. ``early_stop`` defaults to False (every chosen sample
-            is perturbed).
+            is perturbed). ``seed`` defaults to None (PyTorch's global generator); an int seeds each iteration's
+            attack from it and the iteration count, so a resumed run draws what the uninterrupted run drew.
         ratio: fraction of each batch replaced (1.0: the whole batch), chosen at random per iteration.
         image_key, label_key: keys of the images and labels in the batch dict.
         network: the network to attack; default ``engine.network`` at each iteration.
@@ -59,7 +61,11 @@ class AdversarialBatchHandler:
         if not isinstance(attack, (str, Attack)):
             raise TypeError(f"`attack` must be an attack name or an Attack instance, got {type(attack).__name__}.")
         self.attack, self.ratio = attack, float(ratio)
-        self.attack_kwargs = {"early_stop": False, **(attack_kwargs or {})}
+        if attack_kwargs is not None and not isinstance(attack_kwargs, Mapping):
+            raise TypeError(f"`attack_kwargs` must be a dict of keyword arguments, got {type(attack_kwargs).__name__}.")
+        if attack_kwargs and isinstance(attack, Attack):
+            raise ValueError("`attack_kwargs` only applies when `attack` is a name; configure the Attack instance.")
+        self.attack_kwargs = {"early_stop": False, "seed": None, **(attack_kwargs or {})}
         self.image_key, self.label_key, self.network = image_key, label_key, network
         if isinstance(attack, str):
             make_attack(attack, lambda x: x, **self.attack_kwargs)  # fail now on a bad name or argument
@@ -67,12 +73,15 @@ class AdversarialBatchHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
-    def _attack(self, network: Callable) -> Attack:
+    def _attack(self, network: Callable, iteration: int) -> Attack:
         if isinstance(self.attack, Attack):
-            attack = self.attack
+            attack = copy.copy(self.attack)  # the caller's instance is left as it was
             attack.model = network
             return attack
-        return make_attack(self.attack, network, seed=None, **self.attack_kwargs)
+        kwargs = dict(self.attack_kwargs)
+        if kwargs["seed"] is not None:
+            kwargs["seed"] = (int(kwargs["seed"]) * 1_000_003 + iteration) % (2**31 - 1)
+        return make_attack(self.attack, network, **kwargs)
 
     def __call__(self, engine: Engine) -> None:
         batch = engine.state.batch
@@ -96,7 +105,7 @@ class AdversarialBatchHandler:
             if isinstance(labels, torch.Tensor)
             else torch.as_tensor(labels)[chosen].to(device)
         )
-        x_adv = self._attack(network)(x, y).to(images.device)
+        x_adv = self._attack(network, int(engine.state.iteration))(x, y).to(images.device)
         out = images.clone()
         out[chosen] = x_adv
         batch = dict(batch)

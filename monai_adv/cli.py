@@ -13,9 +13,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from monai_adv import __version__
+from monai_adv.apps.arguments import CommandError, check_count, check_out_folder, parse_eps, parse_value_range
 
 __all__ = ["main", "build_parser"]
 
@@ -53,28 +54,26 @@ def _csv(text: str) -> List[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _value_range(text: str) -> Optional[Tuple[float, float]]:
-    from monai_adv.apps.sources import CommandError
-
-    if text.lower() == "none":
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise CommandError(f"--value-range: expected 'lo,hi' (e.g. '0,1') or 'none', got {text!r}") from None
-    return lo, hi
+def _check_sizes(args: argparse.Namespace) -> None:
+    """The counts every subcommand may take: each >= 1 (0 would silently mean "the default" or "nothing")."""
+    for flag in ("epochs", "train_samples", "test_samples", "samples", "batch_size"):
+        if hasattr(args, flag):
+            check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if hasattr(args, "out"):
+        check_out_folder(Path(args.out))
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_sizes(args)
+    eps = parse_eps(args.eps)
     from monai_adv.apps.demo import DemoConfig, run_demo
-    from monai_adv.apps.sources import parse_eps
 
     config = DemoConfig(
         out=Path(args.out),
         epochs=args.epochs,
         train_samples=args.train_samples,
         test_samples=args.test_samples,
-        eps=parse_eps(args.eps),
+        eps=eps,
         attacks=_csv(args.attacks) if args.attacks else None,
         full=args.full,
         seed=args.seed,
@@ -85,13 +84,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _check_sizes(args)
+    value_range = parse_value_range(args.value_range)
+    eps = parse_eps(args.eps, value_range)
     from monai_adv.apps.evaluate import run_evaluate
-    from monai_adv.apps.sources import parse_eps
 
     run_evaluate(
         data=args.data,
         attacks=_csv(args.attacks),
-        eps=parse_eps(args.eps),
+        eps=eps,
         out=Path(args.out),
         bundle=args.bundle,
         checkpoint=args.checkpoint,
@@ -99,7 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         surrogate_checkpoint=args.surrogate_checkpoint,
         surrogate_network=args.surrogate_network,
         norm=args.norm,
-        value_range=_value_range(args.value_range),
+        value_range=value_range,
         task=args.task,
         samples=args.samples,
         batch_size=args.batch_size,
@@ -110,7 +111,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from monai_adv.apps.sources import CommandError, parse_eps
+    _check_sizes(args)
+    eps = parse_eps(args.eps)
     from monai_adv.benchmark.grid import GridConfig, run_grid
 
     config = GridConfig(
@@ -118,7 +120,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         data=args.data,
         tasks=_csv(args.tasks),
         methods=_csv(args.methods),
-        eps=parse_eps(args.eps),
+        eps=eps,
         attacks=_csv(args.attacks) if args.attacks else None,
         epochs=args.epochs,
         train_samples=args.train_samples,
@@ -134,12 +136,14 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from monai_adv.apps.attack_image import run_attack
-    from monai_adv.apps.sources import CommandError, parse_eps
-
+    _check_sizes(args)
     eps = parse_eps(args.eps)
     if len(eps) != 1:
         raise CommandError(f"--eps: give one budget, got {args.eps!r}")
+    if not args.image.exists():
+        raise CommandError(f"image not found: {args.image}")
+    from monai_adv.apps.attack_image import run_attack
+
     run_attack(
         image=args.image,
         out=Path(args.out),
@@ -240,18 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_engine_logs() -> None:
+    """An error inside an ignite engine loop is reported once, as the command's one line: ignite's own
+    "Engine run is terminating due to exception" lines stay out of the output (``--debug`` keeps them)."""
+    import logging
+
+    logging.getLogger("ignite").setLevel(logging.CRITICAL)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so that Python's flush at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
         return args.func(args)
+    _quiet_engine_logs()
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("monai-adv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `monai-adv attacks | head -1`: the reader left, which is not an error
+        _silence_stdout()
+        return 0
     except Exception as e:  # one line for the user; --debug shows the traceback
-        from monai_adv.apps.sources import CommandError
-
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not isinstance(e, CommandError):
             message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"

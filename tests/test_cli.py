@@ -260,3 +260,124 @@ def test_debug_shows_the_traceback(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+EARLY_ERRORS = [
+    (["evaluate", "--samples", "0"], "--samples: expected a number >= 1, got 0"),
+    (["evaluate", "--batch-size", "0"], "--batch-size"),
+    (["benchmark", "--test-samples", "0"], "--test-samples: expected a number >= 1"),
+    (["demo", "--epochs", "0"], "--epochs"),
+    (["evaluate", "--eps", "1/255,0.0039215687"], "two budgets shown as '1/255'"),
+    (["benchmark", "--eps", "0.1,0.1"], "two budgets shown as '0.1'"),
+    (["evaluate", "--eps", "1e308"], "larger than the whole intensity range"),
+    (["evaluate", "--eps", "1e999"], "finite numbers >= 0"),
+    (["evaluate", "--eps", "nan"], "finite numbers >= 0"),
+    (["evaluate", "--value-range", "1,0"], "--value-range"),
+    (["evaluate", "--out", "FILE"], "is an existing file, not a folder"),
+    (["attack", "--image", "missing.nii.gz"], "image not found"),
+]
+
+
+@pytest.mark.parametrize("args, message", EARLY_ERRORS, ids=[" ".join(a) for a, _ in EARLY_ERRORS])
+def test_argument_errors_come_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    args = ["file" if a == "FILE" else a for a in args]
+    assert main(args + ["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("monai-adv: error:") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"], "nothing may be written before the check"
+
+
+def test_argument_errors_do_not_import_torch():
+    code = (
+        "import sys\nfrom monai_adv.cli import main\n"
+        "assert main(['evaluate', '--samples', '0']) == 1\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_benchmark_rejects_an_unknown_attack_before_training(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["benchmark", "--out", str(out), "--attacks", "nope", "--no-progress"]) == 1
+    assert "Unknown attack 'nope'" in capsys.readouterr().err
+    assert not (out / "models").exists()
+
+
+def test_listing_into_a_closed_pipe_is_quiet():
+    proc = subprocess.run(
+        f"{sys.executable} -m monai_adv attacks | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.startswith("monai_adv") and proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_nan_weights_are_a_one_line_error_not_a_score(demo_run, tmp_path, capsys):
+    state = torch.load(demo_run / "models" / "nat.pt", weights_only=True)
+    state = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "nan.pt")
+    args = ["evaluate", "--checkpoint", str(tmp_path / "nan.pt"), "--network", "demo", "--attacks", "fgsm"]
+    assert main(args + ["--eps", "8/255", "--samples", "4", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "NaN or Inf logits" in err and err.count("\n") == 1, err  # ignite's own error lines stay out
+    assert not (tmp_path / "r" / "nat.json").exists()
+
+
+def test_evaluate_refuses_data_of_another_dimension(demo_run, tmp_path, capsys):
+    args = ["evaluate", "--checkpoint", str(demo_run / "models" / "nat.pt"), "--network", "demo"]
+    assert main(args + ["--data", "demo3d", "--samples", "2", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "dimension mismatch" in err and "network takes 2D images" in err, err
+
+
+def _tiny_grid(out, **changes):
+    from monai_adv.benchmark.grid import GridConfig
+
+    settings = {
+        "out": out,
+        "tasks": ["classification"],
+        "methods": ["nat"],
+        "eps": [8 / 255],
+        "attacks": ["fgsm"],
+        "epochs": 1,
+        "train_samples": 16,
+        "test_samples": 4,
+        "progress": False,
+        **changes,
+    }
+    return GridConfig(**settings)
+
+
+def test_benchmark_resume_refuses_results_made_with_other_settings(tmp_path):
+    from monai_adv.benchmark.grid import run_grid
+
+    out = tmp_path / "grid"
+    run_grid(_tiny_grid(out), log=lambda _: None)
+    table = (out / "benchmark_classification.md").read_text()
+    with pytest.raises(ValueError, match=r"other settings \(.*attacks: stored \['fgsm'\].*seed: stored 0, now 7"):
+        run_grid(_tiny_grid(out, attacks=["pgd-20"], test_samples=8, seed=7), log=lambda _: None)
+    assert (out / "benchmark_classification.md").read_text() == table
+    # more budgets or methods with the same settings resume into the same folder
+    logged = []
+    run_grid(_tiny_grid(out, eps=[4 / 255, 8 / 255]), log=logged.append)
+    assert sum(line.startswith("cell ") for line in logged) == 1
+
+
+def test_benchmark_names_a_corrupt_resume_file_and_removes_stale_temporaries(tmp_path):
+    from monai_adv.benchmark.grid import run_grid
+
+    out = tmp_path / "grid"
+    run_grid(_tiny_grid(out), log=lambda _: None)
+    (cell,) = (out / "cells").rglob("*.json")
+    stale = cell.parent / ".nat@8.json.abc.tmp"
+    stale.write_text("{")
+    cell.write_text(cell.read_text()[:40])  # truncated
+    with pytest.raises(ValueError, match=f"{cell.name} is corrupt"):
+        run_grid(_tiny_grid(out), log=lambda _: None)
+    assert not stale.exists()
+    cell.unlink()
+    (model,) = (out / "models").rglob("*.pt")
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{model.name} is not a readable model"):
+        run_grid(_tiny_grid(out), log=lambda _: None)

@@ -6,6 +6,9 @@
 
 """Adversarial training objectives."""
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -178,3 +181,36 @@ def test_trades_inner_attack_runs_the_network_in_eval_mode_without_changing_it()
     # clean and adversarial training passes in train mode; the 1 + 2 inner-attack passes in eval mode
     assert modes == [True, False, False, False, True]
     assert net.training and all(m.training for m in bn)
+
+
+BUNDLES = sorted(
+    p.parent.parent for p in (Path(__file__).resolve().parents[1] / "bundles").glob("*/configs/train_robust.json")
+)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+@pytest.mark.parametrize("name", ["pgd_at", "trades", "mart", "fast_at", "nat"])
+def test_the_bundles_defense_override_builds_every_documented_defense(bundle, name):
+    """``--defense NAME`` on train_robust.json: the same ``defense_kwargs`` (eps, steps, ...) for every defense."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train_robust.json"))
+    parser["defense"] = name
+    kwargs = parser.get_parsed_content("defense_kwargs")
+    assert "steps" in kwargs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        defense = make_defense(parser.get_parsed_content("defense"), **kwargs)
+    assert defense.name == name and defense.eps == kwargs["eps"]
+    assert defense.steps == (1 if name == "fast_at" else kwargs["steps"])
+    assert [str(w.message) for w in caught] == (
+        ["fast_at takes one FGSM step: `steps`=10 is ignored."] if name == "fast_at" else []
+    )
+
+
+def test_a_per_call_argument_given_to_make_defense_points_to_the_call():
+    with pytest.raises(TypeError, match=r"\['seed'\].*RobustTrainer\(seed=\.\.\.\)"):
+        make_defense("pgd_at", eps=4 / 255, seed=0)
+    with pytest.raises(TypeError, match=r"takes no argument\(s\) \['bogus'\]\.$"):
+        make_defense("pgd_at", bogus=0)

@@ -14,7 +14,14 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from monai.data import DataLoader
 
-from monai_adv.apps.sources import CommandError, check_channels, load_bundle, load_data, load_network
+from monai_adv.apps.sources import (
+    CommandError,
+    check_channels,
+    check_spatial_dims,
+    load_bundle,
+    load_data,
+    load_network,
+)
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import markdown_table, write_reports
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
@@ -68,6 +75,7 @@ def run_evaluate(
     if not isinstance(first, dict) or "image" not in first or "label" not in first:
         raise CommandError(f"--data {data}: samples must be dicts with 'image' and 'label'")
     check_channels(model, torch.as_tensor(first["image"]))
+    check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
     try:
         evaluator = RobustnessEvaluator(
             device="cpu",

@@ -17,11 +17,13 @@ from monai.bundle import ConfigParser
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 
+from monai_adv.apps.arguments import CommandError, parse_eps
 from monai_adv.data import BrainLesionDataset, CSVManifestDataset, MedMNISTDataset
 
 __all__ = [
     "CommandError",
     "check_channels",
+    "check_spatial_dims",
     "first_conv_channels",
     "first_conv_spatial_dims",
     "load_bundle",
@@ -31,28 +33,6 @@ __all__ = [
 ]
 
 BUNDLE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
-
-
-class CommandError(Exception):
-    """A mistake in the command's input: shown as one line, without a traceback (unless ``--debug``)."""
-
-
-def parse_eps(text: str) -> List[float]:
-    """Budgets from "1/255,2/255,0.03": fractions or decimals, comma-separated."""
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "/" in part:
-                num, den = part.split("/")
-                values.append(float(num) / float(den))
-            else:
-                values.append(float(part))
-        except (ValueError, ZeroDivisionError):
-            raise CommandError(f"--eps: expected budgets such as '1/255,2/255' or '0.01,0.03', got {text!r}") from None
-        if values[-1] < 0:
-            raise CommandError(f"--eps: budgets must be >= 0, got {part}")
-    return values
 
 
 def _load_weights(network: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
@@ -196,6 +176,16 @@ def first_conv_spatial_dims(network: torch.nn.Module) -> Optional[int]:
             if isinstance(module, kind):
                 return dims
     return None
+
+
+def check_spatial_dims(network: torch.nn.Module, image: torch.Tensor, what: str = "the image") -> None:
+    """Refuse an image (C, *spatial) with another number of spatial dims than the network's convolutions take."""
+    dims = first_conv_spatial_dims(network)
+    if dims is not None and image.ndim - 1 != dims:
+        raise CommandError(
+            f"dimension mismatch: {what} is {image.ndim - 1}D (shape {tuple(image.shape)}, channels first), the "
+            f"network takes {dims}D images; use data of the network's dimension (e.g. demo for 2D, demo3d for 3D)"
+        )
 
 
 def check_channels(network: torch.nn.Module, image: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.training import TRAINING_METHODS, train_with_defense
 from monai_adv.data import BrainLesionDataset, MedMNISTDataset
 from monai_adv.defenses.registry import defense_class
-from monai_adv.engines import SURVEY_ATTACKS, RobustnessEvaluator, RobustnessEvents, eps_label
+from monai_adv.engines import SURVEY_ATTACKS, RobustnessEvaluator, RobustnessEvents, eps_label, parse_attack_specs
 
 __all__ = ["GridConfig", "SEGMENTATION_ATTACKS", "run_grid", "grid_markdown", "grid_csv", "method_reports"]
 
@@ -118,16 +118,71 @@ def _cells(config: GridConfig) -> List[Tuple[str, str, float]]:
     return cells
 
 
+#: the settings a stored cell or model depends on; a resumed run must have the same ones
+RESULT_SETTINGS = ("data", "attacks", "epochs", "train_samples", "test_samples", "image_size", "seed")
+SETTINGS_FILE = "settings.json"
+
+
+def _settings(config: GridConfig) -> Dict[str, Any]:
+    values = {key: getattr(config, key) for key in RESULT_SETTINGS}
+    values["attacks"] = (
+        None if config.attacks is None else [a if isinstance(a, str) else dict(a) for a in config.attacks]
+    )
+    return json.loads(json.dumps(values, default=str))
+
+
+def _check_resume(out: Path, config: GridConfig) -> None:
+    """Refuse to resume into a folder whose results were made with other settings; record them on a first run.
+
+    Stale temporary files of a killed run (``.*.tmp``) are removed.
+    """
+    for stale in out.rglob(".*.tmp") if out.is_dir() else ():
+        stale.unlink(missing_ok=True)
+    path = out / SETTINGS_FILE
+    settings = _settings(config)
+    if path.is_file():
+        stored = _read_json(path)
+        differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"{out} holds results made with other settings ({shown}); resume with the same settings, or give "
+                "a new --out"
+            )
+    elif (out / "cells").is_dir() or (out / "models").is_dir():
+        raise ValueError(
+            f"{out} holds results without a record of their settings ({SETTINGS_FILE}); give a new --out (or delete "
+            "the folder)"
+        )
+    else:
+        write_json_atomic(path, settings)
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete it to recompute it, or give a new --out") from None
+
+
 def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run (or resume) the grid; return ``{"cells": {(task, method, eps): report}, "tables": {task: markdown}}``."""
+    """Run (or resume) the grid; return ``{"cells": {(task, method, eps): report}, "tables": {task: markdown}}``.
+
+    A rerun into the same folder resumes: finished cells and trained models are reused, but only when they were
+    made with the same :data:`RESULT_SETTINGS` (recorded in ``settings.json``); other settings are refused.
+    """
     out = Path(config.out)
+    if config.test_samples < 1 or config.train_samples < 1 or config.epochs < 1:
+        raise ValueError("`epochs`, `train_samples` and `test_samples` must be >= 1.")
+    parse_attack_specs(list(config.attacks or SURVEY_ATTACKS))  # unknown attacks fail before any training
     cells = _cells(config)
+    _check_resume(out, config)
     done: Dict[Tuple[str, str, float], Dict[str, Any]] = {}
     data: Dict[str, Tuple[Any, Any, int, int]] = {}
     for task, method, eps in cells:
         path = out / "cells" / task / f"{_tag(method, eps)}.json"
         if path.is_file():
-            done[(task, method, eps)] = json.loads(path.read_text())
+            done[(task, method, eps)] = _read_json(path)
             continue
         if task not in data:
             data[task] = _datasets(config, task)
@@ -170,7 +225,12 @@ def _trained(config, task, method, eps, train, channels, classes) -> torch.nn.Mo
     path = Path(config.out) / "models" / task / f"{tag}.pt"
     network = _network(task, channels, classes)
     if path.is_file():
-        network.load_state_dict(torch.load(path, weights_only=True))
+        try:
+            network.load_state_dict(torch.load(path, weights_only=True))
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(
+                f"{path} is not a readable model ({e}); delete it to retrain, or give a new --out"
+            ) from None
         return network.eval()
     helper = None
     if method == "hat":

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, Sequence, Tuple, Type
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
 
@@ -23,6 +23,7 @@ _DEFENSES: Dict[str, Type[Defense]] = {
     "mart": MART,
     "hat": HAT,
 }
+_CALL_ARGUMENTS = frozenset(inspect.signature(Defense.__call__).parameters) - {"self"}
 
 
 def available_defenses() -> Tuple[str, ...]:
@@ -43,5 +44,16 @@ def make_defense(name: str, **kwargs: Any) -> Defense:
     accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(Defense.__init__).parameters)
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
-        raise TypeError(f"Defense {name!r} ({cls.__name__}) takes no argument(s) {unknown}.")
+        raise TypeError(f"Defense {name!r} ({cls.__name__}) takes no argument(s) {unknown}.{_call_hint(unknown)}")
     return cls(**kwargs)
+
+
+def _call_hint(unknown: Sequence[str]) -> str:
+    """A pointer to the call for the arguments that belong to ``defense(network, inputs, targets, seed)``."""
+    per_call = [k for k in unknown if k in _CALL_ARGUMENTS]
+    if not per_call:
+        return ""
+    return (
+        f" {per_call} are given at each call, `defense(network, inputs, targets, seed=None)`; "
+        "RobustTrainer passes them (seed its training with `RobustTrainer(seed=...)`)."
+    )

@@ -8,14 +8,22 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from monai_adv.attacks import AutoAttack, available_attacks, make_attack
+from monai_adv.budgets import check_distinct_budgets, eps_label
 from monai_adv.defenses.objectives import survey_step
 
-__all__ = ["AttackSpec", "SURVEY_ATTACKS", "FULL_SURVEY_ATTACKS", "parse_attack_specs", "build_attack", "eps_label"]
+__all__ = [
+    "AttackSpec",
+    "SURVEY_ATTACKS",
+    "FULL_SURVEY_ATTACKS",
+    "parse_attack_specs",
+    "build_attack",
+    "eps_label",
+    "check_distinct_budgets",
+]
 
 AUTOATTACK = "autoattack"
 
@@ -107,25 +115,3 @@ def build_attack(
     if early_stop is not None and "early_stop" not in spec.kwargs:
         kwargs["early_stop"] = early_stop
     return make_attack(spec.attack, model, eps=eps, **kwargs)
-
-
-def eps_label(eps: float, value_range: Optional[Sequence[float]] = (0.0, 1.0)) -> str:
-    """A budget as people write it: "4/255" for whole multiples of 1/255 on a unit range, else "0.05"."""
-    if value_range is not None and math.isclose(float(value_range[1]) - float(value_range[0]), 1.0):
-        scaled = eps * 255
-        if eps > 0 and abs(scaled - round(scaled)) < 1e-6:
-            return f"{int(round(scaled))}/255"
-    return f"{eps:g}"
-
-
-def check_distinct_budgets(eps: Sequence[float], value_range: Optional[Sequence[float]] = (0.0, 1.0)) -> None:
-    """Raise if two budgets are equal or are shown with the same label (their results would overwrite each other)."""
-    seen: Dict[str, float] = {}
-    for value in eps:
-        label = eps_label(value, value_range)
-        if label in seen:
-            raise ValueError(
-                f"`eps` holds two budgets shown as {label!r} ({seen[label]!r} and {value!r}): their results would "
-                "share one column and overwrite each other; give each budget once."
-            )
-        seen[label] = value

@@ -1,0 +1,82 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+
+"""Checks of the command line's arguments that run before anything heavy is imported (no torch, no MONAI)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from monai_adv.budgets import check_distinct_budgets
+
+__all__ = ["CommandError", "parse_eps", "parse_value_range", "check_count", "check_out_folder"]
+
+
+class CommandError(Exception):
+    """A mistake in the command's input: shown as one line, without a traceback (unless ``--debug``)."""
+
+
+def parse_eps(text: str, value_range: Optional[Sequence[float]] = (0.0, 1.0)) -> List[float]:
+    """Budgets from "1/255,2/255,0.03": fractions or decimals, comma-separated, finite, >= 0, each given once.
+
+    A budget larger than the whole ``value_range`` (or, unbounded, than float32 can hold) is refused: it is a
+    unit mistake (e.g. 8 instead of 8/255), not a threat model.
+    """
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "/" in part:
+                num, den = part.split("/")
+                values.append(float(num) / float(den))
+            else:
+                values.append(float(part))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise CommandError(f"--eps: expected budgets such as '1/255,2/255' or '0.01,0.03', got {text!r}") from None
+        value = values[-1]
+        if not math.isfinite(value) or value < 0:
+            raise CommandError(f"--eps: budgets must be finite numbers >= 0, got {part}")
+        width = 3.4e38 if value_range is None else float(value_range[1]) - float(value_range[0])
+        if value > width:
+            raise CommandError(
+                f"--eps: the budget {part} is larger than the whole intensity range ({width:g}); give budgets in "
+                "the units of the images, e.g. 8/255 for images in [0, 1]"
+            )
+    try:
+        check_distinct_budgets(values, value_range)
+    except ValueError as e:
+        raise CommandError(f"--eps: {e}") from None
+    return values
+
+
+def check_count(value: Optional[int], flag: str) -> Optional[int]:
+    """A sample or epoch count: None (the default) or an integer >= 1."""
+    if value is not None and value < 1:
+        raise CommandError(f"{flag}: expected a number >= 1, got {value}")
+    return value
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> Path:
+    """An output folder: a folder or a path that does not exist yet, never an existing file."""
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{flag}: {path} is an existing file, not a folder; give a folder for the outputs")
+    return path
+
+
+def parse_value_range(text: str) -> Optional[Tuple[float, float]]:
+    """'lo,hi' (finite, lo < hi) or 'none'."""
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CommandError(f"--value-range: expected 'lo,hi' (e.g. '0,1') or 'none', got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise CommandError(f"--value-range: expected finite numbers with lo < hi, got {text!r}")
+    return lo, hi

@@ -194,8 +194,8 @@ def test_the_bundles_defense_override_builds_every_documented_defense(bundle, na
     """``--defense NAME`` on train_robust.json: the same ``defense_kwargs`` (eps, steps, ...) for every defense."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train_robust.json"))
+    files = [str(bundle / "configs" / c) for c in ("train.json", "train_robust.json")]
+    parser = ConfigParser(ConfigParser.load_config_files(files))
     parser["defense"] = name
     kwargs = parser.get_parsed_content("defense_kwargs")
     assert "steps" in kwargs

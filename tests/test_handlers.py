@@ -111,6 +111,13 @@ def test_bad_arguments():
         AdversarialBatchHandler("pgd", attack_kwargs=[("eps", 0.1)])
     with pytest.raises(ValueError, match="`attack_kwargs` only applies when `attack` is a name"):
         AdversarialBatchHandler(PGD(TinyClassifier(2, 1, 2)), attack_kwargs={"eps": 0.1})
+    # a conflicting or unknown attack argument is an error at construction, not at the first iteration
+    with pytest.raises(ValueError, match="`attack_kwargs` must not hold `model`"):
+        AdversarialBatchHandler("pgd", attack_kwargs={"eps": 0.1, "model": TinyClassifier(2, 1, 2)})
+    with pytest.raises(TypeError, match=r"takes no argument\(s\) \['bogus'\]"):
+        AdversarialBatchHandler("pgd", attack_kwargs={"eps": 0.1, "bogus": 1})
+    with pytest.raises(TypeError, match="`seed` must be an int"):
+        AdversarialBatchHandler("pgd", attack_kwargs={"eps": 0.1, "seed": "0"})
 
 
 def _one_iteration_batch(loaders, handler):

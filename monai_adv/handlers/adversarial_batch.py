@@ -65,6 +65,10 @@ class AdversarialBatchHandler:
             raise TypeError(f"`attack_kwargs` must be a dict of keyword arguments, got {type(attack_kwargs).__name__}.")
         if attack_kwargs and isinstance(attack, Attack):
             raise ValueError("`attack_kwargs` only applies when `attack` is a name; configure the Attack instance.")
+        if attack_kwargs and "model" in attack_kwargs:
+            raise ValueError(
+                "`attack_kwargs` must not hold `model`: the handler attacks `network` (default the engine's network)."
+            )
         self.attack_kwargs = {"early_stop": False, "seed": None, **(attack_kwargs or {})}
         self.image_key, self.label_key, self.network = image_key, label_key, network
         if isinstance(attack, str):

@@ -170,3 +170,17 @@ def test_a_bad_seed_is_rejected(loader):
             optimizer=None,
             seed="0",
         )
+
+
+def test_a_seed_in_defense_kwargs_points_to_the_trainers_seed(loader):
+    net = TinyClassifier(2, 1, 2)
+    with pytest.raises(TypeError, match=r"RobustTrainer\(seed=\.\.\.\)"):
+        RobustTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=loader,
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), 0.1),
+            defense="pgd_at",
+            defense_kwargs={"eps": 4 / 255, "seed": 0},
+        )

@@ -187,3 +187,52 @@ def test_csv_manifest_errors(tmp_path):
         CSVManifestDataset(bad_label)
     with pytest.raises(ValueError, match="`label_separator` needs `classes`"):
         CSVManifestDataset(bad_label, label_separator="|")
+
+
+def test_csv_manifest_with_a_byte_order_mark(tmp_path):
+    _nifti(tmp_path / "x.nii.gz", (4, 4), 0.0)
+    (tmp_path / "bom.csv").write_bytes("image,label\nx.nii.gz,1\n".encode("utf-8-sig"))  # as spreadsheets save
+    ds = CSVManifestDataset(tmp_path / "bom.csv")
+    assert len(ds) == 1 and int(ds[0]["label"]) == 1
+
+
+def test_csv_manifest_ragged_rows_name_the_file_and_line(tmp_path):
+    _nifti(tmp_path / "x.nii.gz", (4, 4), 0.0)
+    short = tmp_path / "short.csv"
+    short.write_text("image,label,split\nx.nii.gz,0,test\nx.nii.gz\n")
+    with pytest.raises(ValueError, match=r"short\.csv, line 3: the row has 1 field\(s\), the header has 3"):
+        CSVManifestDataset(short)
+    long = tmp_path / "long.csv"
+    long.write_text("image,label\nx.nii.gz,0,extra\n")
+    with pytest.raises(ValueError, match=r"long\.csv, line 2: the row has 3 field\(s\), the header has 2"):
+        CSVManifestDataset(long)
+    empty = _csv(tmp_path / "empty.csv", ["image", "label"], [["", 0]])
+    with pytest.raises(ValueError, match="line 2: the 'image' column is empty"):
+        CSVManifestDataset(empty)
+    (tmp_path / "latin.csv").write_bytes("image,label\nx\xe9.nii.gz,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv is not a UTF-8 text file"):
+        CSVManifestDataset(tmp_path / "latin.csv")
+
+
+def test_csv_manifest_split_rows_keep_their_line_numbers(tmp_path):
+    _nifti(tmp_path / "x.nii.gz", (4, 4), 0.0)
+    manifest = _csv(
+        tmp_path / "m.csv", ["image", "label", "split"], [["x.nii.gz", 0, "train"], ["x.nii.gz", "?", "test"]]
+    )
+    with pytest.raises(ValueError, match="line 3: cannot read the label"):
+        CSVManifestDataset(manifest, split_column="split", split="test")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "huge header"])
+def test_csv_manifest_names_an_unreadable_image(tmp_path, damage):
+    path = _nifti(tmp_path / "x.nii", (8, 8), 0.0)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) - 100]
+    else:
+        raw[42:46] = (30000).to_bytes(2, "little") * 2  # dim[1], dim[2]: a header far larger than the data
+    path.write_bytes(bytes(raw))
+    manifest = _csv(tmp_path / "m.csv", ["image", "label"], [["x.nii", 0]])
+    ds = CSVManifestDataset(manifest, transform=Compose([LoadImaged("image"), EnsureChannelFirstd("image")]))
+    with pytest.raises(ValueError, match=r"cannot load .*x\.nii: "):
+        ds[0]

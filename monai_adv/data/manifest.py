@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from monai.data import Dataset
@@ -64,17 +64,15 @@ class CSVManifestDataset(Dataset):
         if label_separator is not None and (classes is None or len(label_columns) != 1):
             raise ValueError("`label_separator` needs `classes` and exactly one label column.")
         root = Path(root) if root is not None else csv_path.parent
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            wanted = [image_column, *label_columns] + ([split_column] if split_column else [])
-            missing = [c for c in wanted if c not in columns]
-            if missing:
-                raise KeyError(f"{csv_path} has no column(s) {missing}; its columns are {columns}.")
-            rows = [r for r in reader if split_column is None or r[split_column] == split]
+        wanted = [image_column, *label_columns] + ([split_column] if split_column else [])
+        rows = _read_rows(csv_path, wanted)
+        if split_column is not None:
+            rows = [(number, row) for number, row in rows if row[split_column] == split]
         self.classes = list(classes) if classes is not None else None
         data: List[dict] = []
-        for number, row in enumerate(rows, start=2):
+        for number, row in rows:
+            if not row[image_column].strip():
+                raise ValueError(f"{csv_path}, line {number}: the {image_column!r} column is empty.")
             image = Path(row[image_column])
             image = image if image.is_absolute() else root / image
             if check_files and not image.exists():
@@ -83,6 +81,13 @@ class CSVManifestDataset(Dataset):
                 {"image": str(image), "label": self._label(row, label_columns, label_separator, csv_path, number)}
             )
         super().__init__(data=data, transform=transform)
+
+    def _transform(self, index: int) -> Any:
+        """The transformed sample, or an error that names the image file it could not load."""
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            raise ValueError(f"cannot load {self.data[index]['image']}: {_root_cause(e)}") from e
 
     def _label(self, row, columns, separator, csv_path, number) -> torch.Tensor:
         try:
@@ -94,3 +99,39 @@ class CSVManifestDataset(Dataset):
             return torch.tensor([float(row[c]) for c in columns])
         except ValueError as e:
             raise ValueError(f"{csv_path}, line {number}: cannot read the label(s) {[row[c] for c in columns]}.") from e
+
+
+def _read_rows(csv_path: Path, wanted: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
+    """(line number, row) of every row, read as UTF-8 with or without a byte-order mark (as spreadsheets write).
+
+    A row with fewer or more fields than the header is an error naming the file and the line.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise KeyError(f"{csv_path} has no column(s) {missing}; its columns are {columns}.")
+            rows = []
+            for row in reader:
+                if None in row or any(value is None for value in row.values()):
+                    fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                    raise ValueError(
+                        f"{csv_path}, line {reader.line_num}: the row has {fields} field(s), the header has "
+                        f"{len(columns)} ({columns})."
+                    )
+                rows.append((reader.line_num, row))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_path} is not a UTF-8 text file ({e}); save the manifest as CSV (UTF-8).") from None
+    except csv.Error as e:
+        raise ValueError(f"{csv_path} is not a readable CSV file: {e}") from None
+    return rows
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error (MONAI wraps a reader's error in "applying transform ...")."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -236,3 +236,45 @@ def test_csv_manifest_names_an_unreadable_image(tmp_path, damage):
     ds = CSVManifestDataset(manifest, transform=Compose([LoadImaged("image"), EnsureChannelFirstd("image")]))
     with pytest.raises(ValueError, match=r"cannot load .*x\.nii: "):
         ds[0]
+
+
+def _demo_checkpoint(path):
+    from monai_adv.apps.demo import demo_network
+
+    torch.save(demo_network().state_dict(), path)
+    return path
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "nifti"])
+def test_evaluate_names_an_unreadable_image_file(tmp_path, capsys, kind):
+    from monai_adv.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("good.nii.gz", "bad.nii.gz"):
+        _nifti(tmp_path / "images" / name, (32, 32), 0.5)
+        _nifti(tmp_path / "labels" / name, (32, 32), 0.0)
+    _truncate(tmp_path / "images" / "bad.nii.gz")
+    rows = [["images/good.nii.gz", 0], ["images/bad.nii.gz", 1]]
+    data = f"csv:{_csv(tmp_path / 'm.csv', ['image', 'label'], rows)}" if kind == "csv" else f"nifti:{tmp_path}"
+    args = ["evaluate", "--checkpoint", str(_demo_checkpoint(tmp_path / "m.pt")), "--network", "demo"]
+    args += ["--data", data, "--attacks", "fgsm", "--eps", "8/255", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(args + ["--samples", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot load" in err and "bad.nii.gz" in err, err
+
+
+def test_evaluate_names_a_ragged_manifest_row(tmp_path, capsys):
+    from monai_adv.cli import main
+
+    _nifti(tmp_path / "x.nii.gz", (32, 32), 0.5)
+    (tmp_path / "m.csv").write_text("image,label\nx.nii.gz,0\nx.nii.gz\n")
+    args = ["evaluate", "--checkpoint", str(_demo_checkpoint(tmp_path / "m.pt")), "--network", "demo"]
+    assert main(args + ["--data", f"csv:{tmp_path / 'm.csv'}", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "m.csv, line 3: the row has 1 field(s)" in err and err.count("\n") == 1, err

@@ -138,8 +138,8 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
             raise CommandError(f"--data: CSV manifest not found: {path}")
         try:
             data = CSVManifestDataset(path, transform=_loading_transform(preprocessing))
-        except (ValueError, FileNotFoundError) as e:
-            raise CommandError(f"--data {spec}: {e}") from e
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise CommandError(f"--data {spec}: {e.args[0] if e.args else e}") from e  # KeyError's str() quotes
     elif kind == "nifti":
         images = sorted((path / "images").glob("*.nii*")) if (path / "images").is_dir() else []
         if not images:
@@ -153,12 +153,30 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
         transform = Compose(
             [LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label")), ScaleIntensityd("image")]
         )
-        data = Dataset(pairs, transform=transform)
+        data = NamedFileDataset(pairs, transform=transform)
     else:
         raise CommandError(f"--data: expected demo[:task], demo3d[:task], medmnist:, csv: or nifti:, got {spec!r}")
     if samples is not None:
-        data = Dataset([data[i] for i in range(min(samples, len(data)))])
+        try:
+            data = Dataset([data[i] for i in range(min(samples, len(data)))])
+        except ValueError as e:
+            raise CommandError(f"--data {spec}: {e}") from e
     return data
+
+
+class NamedFileDataset(Dataset):
+    """A MONAI ``Dataset`` of file paths whose loading errors name the files of the sample."""
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            files = ", ".join(str(v) for v in self.data[index].values())
+            cause = e
+            while cause.__cause__ is not None:  # MONAI wraps a reader's error in "applying transform ..."
+                cause = cause.__cause__
+            text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise ValueError(f"cannot load {files}: {type(cause).__name__}: {text}") from e
 
 
 def first_conv_channels(network: torch.nn.Module) -> Optional[int]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_adv.defenses import HAT, TRADES, available_defenses, make_defense, survey_step
+from monai_adv.defenses import HAT, TRADES, available_defenses, defense_class, make_defense, survey_step
 from tests.cases import same_snapshot, snapshot
 from tests.models import TinyClassifier, TinySegmenter, bars_dataset
 
@@ -199,6 +199,10 @@ def test_the_bundles_defense_override_builds_every_documented_defense(bundle, na
     parser["defense"] = name
     kwargs = parser.get_parsed_content("defense_kwargs")
     assert "steps" in kwargs
+    if kwargs.get("loss", "ce") != "ce" and "segmentation" not in defense_class(name).tasks:
+        with pytest.raises(ValueError, match="is a cross-entropy objective for classification"):
+            make_defense(name, **kwargs)  # e.g. trades on the segmentation bundle: clear at construction
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         defense = make_defense(parser.get_parsed_content("defense"), **kwargs)
@@ -214,3 +218,13 @@ def test_a_per_call_argument_given_to_make_defense_points_to_the_call():
         make_defense("pgd_at", eps=4 / 255, seed=0)
     with pytest.raises(TypeError, match=r"takes no argument\(s\) \['bogus'\]\.$"):
         make_defense("pgd_at", bogus=0)
+
+
+@pytest.mark.parametrize("name", ["trades", "mart", "hat"])
+def test_classification_objectives_reject_another_task_or_loss_at_construction(name):
+    kwargs = {"helper": TinyClassifier(2, 1, 3).eval()} if name == "hat" else {}
+    with pytest.raises(ValueError, match=r"`loss`='dice' is not supported"):
+        make_defense(name, loss="dice", **kwargs)
+    with pytest.raises(ValueError, match=f"The {name} defense supports \\('classification',\\), not segmentation"):
+        make_defense(name, task="segmentation", **kwargs)
+    assert make_defense(name, task="classification", loss="ce", **kwargs).loss == "ce"

@@ -86,7 +86,19 @@ class Defense:
             )
         self.task = check_choice(task, "task", ("auto", "classification", "multilabel", "segmentation"))
         self.loss = check_choice(loss, "loss", ("ce", "dice"))
+        self._check_task_and_loss()
         self.seed: Optional[int] = None  # the current call's attack seed (see __call__)
+
+    def _check_task_and_loss(self) -> None:
+        """Reject at construction a ``task`` or ``loss`` this defense fixes otherwise (TRADES, MART and HAT are
+        cross-entropy objectives on class logits), instead of failing or ignoring it at the first batch."""
+        if self.task != "auto" and self.task not in self.tasks:
+            raise ValueError(f"The {self.name} defense supports {tuple(self.tasks)}, not {self.task}.")
+        if self.loss != "ce" and "segmentation" not in self.tasks:
+            raise ValueError(
+                f"The {self.name} defense is a cross-entropy objective for classification: `loss`={self.loss!r} "
+                "is not supported (Dice training: pgd_at or fast_at)."
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:g}, steps={self.steps}, alpha={self.alpha:g})"

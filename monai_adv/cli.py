@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import sys
@@ -16,7 +17,16 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from monai_adv import __version__
-from monai_adv.apps.arguments import CommandError, check_count, check_out_folder, parse_eps, parse_value_range
+from monai_adv.apps.arguments import (
+    CommandError,
+    check_count,
+    check_data,
+    check_model,
+    check_out_folder,
+    check_surrogate,
+    parse_eps,
+    parse_value_range,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -87,6 +97,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     value_range = parse_value_range(args.value_range)
     eps = parse_eps(args.eps, value_range)
+    check_model(args.bundle, args.checkpoint, args.network)
+    check_surrogate(args.surrogate_checkpoint, args.surrogate_network)
+    check_data(args.data)
+    if not _csv(args.attacks):
+        raise CommandError("--attacks: give at least one attack, e.g. fgsm,pgd-20")
     from monai_adv.apps.evaluate import run_evaluate
 
     run_evaluate(
@@ -113,6 +128,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     _check_sizes(args)
     eps = parse_eps(args.eps)
+    check_data(args.data, ("demo", "medmnist"))
+    unknown = [t for t in _csv(args.tasks) if t not in ("classification", "segmentation")]
+    if unknown or not _csv(args.tasks):
+        raise CommandError(f"--tasks: expected classification and/or segmentation, got {args.tasks!r}")
     from monai_adv.benchmark.grid import GridConfig, run_grid
 
     config = GridConfig(
@@ -142,6 +161,7 @@ def _attack(args: argparse.Namespace) -> int:
         raise CommandError(f"--eps: give one budget, got {args.eps!r}")
     if not args.image.exists():
         raise CommandError(f"image not found: {args.image}")
+    check_model(args.bundle, args.checkpoint, args.network)
     from monai_adv.apps.attack_image import run_attack
 
     run_attack(
@@ -278,7 +298,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     except Exception as e:  # one line for the user; --debug shows the traceback
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, CommandError):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # a full disk is the user's to fix, not a bug
+            message = (e.strerror or message) + ("" if e.filename is None else f": {e.filename}")
+        elif not isinstance(e, CommandError):
             message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"
         print(f"monai-adv: error: {message}", file=sys.stderr)
         return 1

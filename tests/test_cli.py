@@ -9,6 +9,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -381,3 +382,112 @@ def test_benchmark_names_a_corrupt_resume_file_and_removes_stale_temporaries(tmp
     model.write_bytes(model.read_bytes()[:100])
     with pytest.raises(ValueError, match=f"{model.name} is not a readable model"):
         run_grid(_tiny_grid(out), log=lambda _: None)
+
+
+def test_attack_on_a_full_disk_keeps_the_earlier_outputs(demo_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import monai_adv.apps.attack_image as attack_image
+
+    ckpt = str(demo_run / "models" / "nat.pt")
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((32, 32)).astype(np.float32), np.eye(4)), tmp_path / "s.nii"
+    )
+    out = tmp_path / "out"
+    args = ["attack", "--checkpoint", ckpt, "--network", "demo", "--image", str(tmp_path / "s.nii"), "--out", str(out)]
+    assert main(args + ["--attack", "fgsm"]) == 0
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = attack_image.SaveImage
+
+    class FullDisk(real):  # writes the first volume, then the disk fills up mid-way through the second
+        calls = 0
+
+        def __call__(self, img, meta_data=None, **kwargs):
+            FullDisk.calls += 1
+            if FullDisk.calls == 2:
+                (Path(self.folder_layout.output_dir) / "s_perturbation.nii.gz").write_bytes(b"\x1f\x8b")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().__call__(img, meta_data=meta_data, **kwargs)
+
+    monkeypatch.setattr(attack_image, "SaveImage", FullDisk)
+    assert main(args + ["--attack", "pgd-20", "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and str(out) in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good  # nothing replaced, no temporary left
+
+
+def test_attack_refuses_a_one_pixel_image_before_attacking(demo_run, tmp_path, capsys):
+    nib.save(nib.Nifti1Image(np.zeros((1, 1), np.float32), np.eye(4)), tmp_path / "dot.nii")
+    args = ["attack", "--checkpoint", str(demo_run / "models" / "nat.pt"), "--network", "demo"]
+    assert main(args + ["--image", str(tmp_path / "dot.nii"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "too small" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+MODEL_AND_DATA_ERRORS = [
+    (["evaluate"], "give --bundle DIR, or --checkpoint FILE with --network SPEC"),
+    (["evaluate", "--bundle", "nowhere"], "bundle folder not found: nowhere"),
+    (["evaluate", "--checkpoint", "nowhere.pt", "--network", "demo"], "checkpoint not found: nowhere.pt"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "net.json"], "--network: file not found: net.json"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "demo", "--surrogate-network", "demo"], "needs both"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "demo", "--data", "scans"], "--data: expected one of"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "demo", "--data", "csv:m.csv"], "CSV manifest not found"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "demo", "--data", "nifti:cases"], "no folder cases/images"),
+    (["evaluate", "--checkpoint", "FILE", "--network", "demo", "--attacks", ","], "give at least one attack"),
+    (["benchmark", "--data", "csv:m.csv"], "--data: expected one of demo:, medmnist:"),
+    (["benchmark", "--tasks", "detection"], "--tasks: expected classification and/or segmentation"),
+    (["attack", "--image", "FILE"], "give --bundle DIR, or --checkpoint FILE"),
+]
+
+
+@pytest.mark.parametrize("args, message", MODEL_AND_DATA_ERRORS, ids=[" ".join(a) for a, _ in MODEL_AND_DATA_ERRORS])
+def test_model_and_data_errors_come_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    args = ["file" if a == "FILE" else a for a in args]
+    assert main(args + ["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("monai-adv: error:") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"], "nothing may be written before the check"
+
+
+def test_model_errors_do_not_import_torch(tmp_path):
+    code = (
+        "import sys\nfrom monai_adv.cli import main\n"
+        f"assert main(['evaluate', '--checkpoint', {str(tmp_path / 'no.pt')!r}, '--network', 'demo']) == 1\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "checkpoint not found" in proc.stderr, proc.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_file(monkeypatch, capsys):
+    import errno
+
+    import monai_adv.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "out/report.json")
+
+    monkeypatch.setattr(cli, "_attacks", full)
+    monkeypatch.setattr(sys, "argv", ["monai-adv"])
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["attacks"].set_defaults(func=full)
+    assert main(["attacks"]) == 1
+    err = capsys.readouterr().err
+    assert err == "monai-adv: error: No space left on device: out/report.json\n", err
+
+
+def test_attack_on_a_header_with_huge_dimensions_is_a_clear_error(demo_run, tmp_path, capsys):
+    import struct
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), tmp_path / "huge.nii")
+    header = bytearray((tmp_path / "huge.nii").read_bytes())
+    struct.pack_into("<8h", header, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)  # dims of a 27-billion-voxel volume
+    (tmp_path / "huge.nii").write_bytes(bytes(header[:400]))
+    args = ["attack", "--checkpoint", str(demo_run / "models" / "nat.pt"), "--network", "demo"]
+    assert main(args + ["--image", str(tmp_path / "huge.nii"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "huge.nii" in err and err.count("\n") == 1 and "IndexError" not in err, err

@@ -184,3 +184,24 @@ def test_a_seed_in_defense_kwargs_points_to_the_trainers_seed(loader):
             defense="pgd_at",
             defense_kwargs={"eps": 4 / 255, "seed": 0},
         )
+
+
+@pytest.mark.parametrize("defense", ["pgd_at", "trades"])
+def test_a_float64_batch_trains_a_float32_network_with_clean_monitoring(defense):
+    torch.manual_seed(0)
+    batches = [{"image": torch.rand(1, 8, 8, dtype=torch.float64), "label": i % 2} for i in range(8)]
+    net = TinyClassifier(2, 1, 2)
+    trainer = RobustTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader(batches, batch_size=4),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.1),
+        defense=defense,
+        defense_kwargs={"eps": 2 / 255, "steps": 1},
+        clean_accuracy=True,
+    )
+    trainer.run()
+    out = trainer.state.output[0]
+    assert 0.0 <= out["clean_accuracy"] <= 1.0 and 0.0 <= out["adversarial_accuracy"] <= 1.0
+    assert all(p.dtype == torch.float32 for p in net.parameters())

@@ -15,7 +15,18 @@ from typing import List, Optional, Sequence, Tuple
 
 from monai_adv.budgets import check_distinct_budgets
 
-__all__ = ["CommandError", "parse_eps", "parse_value_range", "check_count", "check_out_folder"]
+__all__ = [
+    "CommandError",
+    "parse_eps",
+    "parse_value_range",
+    "check_count",
+    "check_out_folder",
+    "check_model",
+    "check_data",
+    "check_surrogate",
+]
+
+DATA_KINDS = ("demo", "demo3d", "medmnist", "csv", "nifti")
 
 
 class CommandError(Exception):
@@ -80,3 +91,48 @@ def parse_value_range(text: str) -> Optional[Tuple[float, float]]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise CommandError(f"--value-range: expected finite numbers with lo < hi, got {text!r}")
     return lo, hi
+
+
+def check_model(bundle: Optional[Path], checkpoint: Optional[Path], network: Optional[str], prefix: str = "--") -> None:
+    """A model given as ``--bundle DIR`` or as ``--checkpoint FILE --network SPEC``, whose files exist."""
+    if bundle is not None:
+        if not Path(bundle).is_dir():
+            raise CommandError(f"bundle folder not found: {bundle}")
+        return
+    if checkpoint is None or network is None:
+        raise CommandError(f"give {prefix}bundle DIR, or {prefix}checkpoint FILE with {prefix}network SPEC")
+    if not Path(checkpoint).is_file():
+        raise CommandError(f"checkpoint not found: {checkpoint}")
+    _check_network(network, prefix + "network")
+
+
+def _check_network(spec: str, flag: str) -> None:
+    if spec != "demo" and spec.endswith(".json") and not spec.lstrip().startswith("{") and not Path(spec).is_file():
+        raise CommandError(f"{flag}: file not found: {spec}")
+
+
+def check_surrogate(checkpoint: Optional[Path], network: Optional[str]) -> None:
+    """The transfer setting's surrogate: both of its flags or neither, its checkpoint existing."""
+    if checkpoint is None and network is None:
+        return
+    if checkpoint is None or network is None:
+        raise CommandError("the transfer setting needs both --surrogate-checkpoint and --surrogate-network")
+    if not Path(checkpoint).is_file():
+        raise CommandError(f"surrogate checkpoint not found: {checkpoint}")
+    _check_network(network, "--surrogate-network")
+
+
+def check_data(spec: str, kinds: Sequence[str] = DATA_KINDS) -> None:
+    """The syntax of a ``--data`` specification (``kind[:arg]``) and the existence of the file or folder it names."""
+    kind, _, arg = spec.partition(":")
+    if kind not in kinds:
+        raise CommandError(f"--data: expected one of {', '.join(k + ':' for k in kinds)}..., got {spec!r}")
+    if kind in ("demo", "demo3d"):
+        return
+    if not arg:
+        raise CommandError(f"--data {spec}: give a path after the colon, e.g. {kind}:<path>")
+    path = Path(arg)
+    if kind == "nifti" and not (path / "images").is_dir():
+        raise CommandError(f"--data: no folder {path / 'images'} (nifti: takes FOLDER/images and FOLDER/labels)")
+    if kind in ("medmnist", "csv") and not path.is_file():
+        raise CommandError(f"--data: {'MedMNIST file' if kind == 'medmnist' else 'CSV manifest'} not found: {path}")

@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, SaveImage
 
 from monai_adv.apps.sources import CommandError, check_channels, first_conv_spatial_dims, load_bundle, load_network
+from monai_adv.atomic import atomic_folder
 from monai_adv.engines import build_attack, parse_attack_specs
 from monai_adv.visualize import plot_adversarial_examples
 
@@ -27,8 +28,15 @@ def _load_image(path: Path) -> MetaTensor:
         raise CommandError(f"image not found: {path}")
     try:
         image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except MemoryError:
+        raise CommandError(
+            f"cannot read {path}: its header asks for more memory than there is (a corrupt header, or an image "
+            "too large for this machine)"
+        ) from None
     except Exception as e:
-        raise CommandError(f"cannot read {path} as an image (NIfTI, DICOM, PNG): {str(e).splitlines()[0]}") from e
+        lines = str(e).strip().splitlines()
+        reason = lines[0] if lines else type(e).__name__
+        raise CommandError(f"cannot read {path} as an image (NIfTI, DICOM, PNG): {reason}") from e
     return image.float()
 
 
@@ -70,6 +78,11 @@ def run_attack(
         img = img[..., 0]
     if dims is not None and img.ndim - 1 != dims:
         raise CommandError(f"the image has {img.ndim - 1} spatial dims (shape {tuple(img.shape)}), the network {dims}")
+    if min(img.shape[1:]) < 2:
+        raise CommandError(
+            f"the image is too small to attack and save (shape {tuple(img.shape)}, channels first): every spatial "
+            "dim must be at least 2"
+        )
     lo, hi = float(img.min()), float(img.max())
     scale = hi - lo if hi > lo else 1.0
     x = ((img - lo) / scale)[None]
@@ -101,16 +114,17 @@ def run_attack(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(str(image)).name.split(".")[0] or "image"
-    for tensor, postfix in ((adversarial, "adversarial"), (perturbation, "perturbation")):
-        saved = MetaTensor(tensor.as_tensor(), meta=dict(img.meta))
-        SaveImage(
-            output_dir=str(out),
-            output_postfix=postfix,
-            output_ext=".nii.gz",
-            separate_folder=False,
-            resample=False,
-            print_log=False,
-        )(saved, meta_data={**img.meta, "filename_or_obj": name})
+    with atomic_folder(out) as staging:  # both volumes replace earlier outputs only once both are written
+        for tensor, postfix in ((adversarial, "adversarial"), (perturbation, "perturbation")):
+            saved = MetaTensor(tensor.as_tensor(), meta=dict(img.meta))
+            SaveImage(
+                output_dir=str(staging),
+                output_postfix=postfix,
+                output_ext=".nii.gz",
+                separate_folder=False,
+                resample=False,
+                print_log=False,
+            )(saved, meta_data={**img.meta, "filename_or_obj": name})
     paths = {k: out / f"{name}_{k}.nii.gz" for k in ("adversarial", "perturbation")}
     if segmentation:
         pred = adv_logits.argmax(1, keepdim=True) if adv_logits.shape[1] > 1 else (adv_logits > 0).long()

@@ -136,8 +136,9 @@ def _check_resume(out: Path, config: GridConfig) -> None:
 
     Stale temporary files of a killed run (``.*.tmp``) are removed.
     """
-    for stale in out.rglob(".*.tmp") if out.is_dir() else ():
-        stale.unlink(missing_ok=True)
+    for stale in out.rglob(".*.tmp*") if out.is_dir() else ():
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     path = out / SETTINGS_FILE
     settings = _settings(config)
     if path.is_file():

@@ -9,36 +9,20 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import torch
 
-__all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_state_dict_atomic"]
+from monai_adv.atomic import DiskFullError, write_atomic
 
-
-def write_atomic(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # the mode of a file created with open(), not mkstemp's 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+__all__ = [
+    "DiskFullError",
+    "write_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "save_state_dict_atomic",
+]
 
 
 def write_text_atomic(path: Union[str, Path], text: str) -> Path:

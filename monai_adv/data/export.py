@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence, Union
 import nibabel as nib
 import numpy as np
 
+from monai_adv.atomic import write_atomic
 from monai_adv.data.brain_lesion import BrainLesionDataset
 
 __all__ = ["export_demo"]
@@ -44,7 +45,7 @@ def export_demo(
     Images are float32 in [0, 1] with the demo data's affine; classification labels go to ``labels.csv``,
     multi-label ones as ``label_0, label_1, ...`` columns, segmentation label maps to ``labels/``.
     """
-    out = Path(out)
+    out = Path(out).expanduser().resolve()  # a relative --out works as well as an absolute one
     (out / "images").mkdir(parents=True, exist_ok=True)
     data = BrainLesionDataset(split, task, spatial_dims, num_samples=num_samples, image_size=image_size, seed=seed)
     datalist: List[dict] = []
@@ -53,31 +54,40 @@ def export_demo(
         image = sample["image"]
         affine = np.asarray(image.affine, dtype=np.float64) if hasattr(image, "affine") else np.eye(4)
         name = f"case_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(np.asarray(image[0], dtype=np.float32), affine), out / "images" / name)
+        _save_nifti(nib.Nifti1Image(np.asarray(image[0], dtype=np.float32), affine), out / "images" / name)
         entry = {"image": str((out / "images" / name).resolve())}
         label = np.asarray(sample["label"])
         if task == "segmentation":
             (out / "labels").mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(label[0].astype(np.uint8), affine), out / "labels" / name)
+            _save_nifti(nib.Nifti1Image(label[0].astype(np.uint8), affine), out / "labels" / name)
             entry["label"] = str((out / "labels" / name).resolve())
         else:
             entry["label"] = label.tolist()
         datalist.append(entry)
     if task != "segmentation":
         _write_label_csv(out / "labels.csv", datalist)
-    (out / "datalist.json").write_text(json.dumps(datalist, indent=1))
+    write_atomic(out / "datalist.json", lambda tmp: tmp.write_text(json.dumps(datalist, indent=1)))
     return datalist
+
+
+def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    write_atomic(path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
 
 
 def _write_label_csv(path: Path, datalist: Sequence[dict]) -> None:
     multi = isinstance(datalist[0]["label"], list)
     width = len(datalist[0]["label"]) if multi else 1
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image"] + ([f"label_{k}" for k in range(width)] if multi else ["label"]))
-        for entry in datalist:
-            labels = entry["label"] if multi else [entry["label"]]
-            writer.writerow([Path(entry["image"]).relative_to(path.parent).as_posix()] + [int(v) for v in labels])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image"] + ([f"label_{k}" for k in range(width)] if multi else ["label"]))
+            for entry in datalist:
+                labels = entry["label"] if multi else [entry["label"]]
+                image = Path(entry["image"]).relative_to(path.parent).as_posix()
+                writer.writerow([image] + [int(v) for v in labels])
+
+    write_atomic(path, write)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

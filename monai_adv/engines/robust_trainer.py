@@ -17,6 +17,7 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys as Keys
 
 from monai_adv.attacks import InfererModel, model_state_guard
+from monai_adv.attacks.guard import model_dtype
 from monai_adv.defenses import Defense, make_defense
 
 __all__ = ["RobustTrainer"]
@@ -133,7 +134,7 @@ class RobustTrainer(SupervisedTrainer):
         clean = outputs["clean"]
         if clean is None and inputs.ndim >= 3 and engine.clean_accuracy:
             with model_state_guard(model) as view, torch.inference_mode():
-                clean = view(inputs)
+                clean = view(inputs.to(model_dtype(model) or inputs.dtype))  # the network's dtype, as the defense
         engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets)
         engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from monai_adv.atomic import write_atomic
 
 __all__ = ["new_figure", "save_figure"]
 
@@ -47,16 +48,4 @@ def save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
     Returns:
         the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # the temporary file is private; the figure gets the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))

@@ -151,6 +151,14 @@ def test_a_seed_in_attack_kwargs_is_the_users_and_varies_by_iteration(loaders):
     assert not torch.equal(first[0], other[0])
 
 
+def test_a_seed_in_attack_kwargs_also_fixes_the_samples_a_ratio_chooses(loaders):
+    kwargs = {**PGD_KWARGS, "random_start": True, "seed": 5}
+    first = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs, ratio=0.5))
+    for _ in range(3):  # the global generator differs between these runs
+        again = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs, ratio=0.5))
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 def test_built_from_a_bundle_config():
     from monai.bundle import ConfigParser
 

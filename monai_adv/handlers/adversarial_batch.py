@@ -41,7 +41,8 @@ class AdversarialBatchHandler:
             engine's network at each call).
         attack_kwargs: keyword arguments of a named attack. ``early_stop`` defaults to False (every chosen sample
             is perturbed). ``seed`` defaults to None (PyTorch's global generator); an int seeds each iteration's
-            attack from it and the iteration count, so a resumed run draws what the uninterrupted run drew.
+            attack, and the samples ``ratio`` chooses, from it and the iteration count, so a resumed run draws
+            what the uninterrupted run drew.
         ratio: fraction of each batch replaced (1.0: the whole batch), chosen at random per iteration.
         image_key, label_key: keys of the images and labels in the batch dict.
         network: the network to attack; default ``engine.network`` at each iteration.
@@ -82,10 +83,12 @@ class AdversarialBatchHandler:
             attack = copy.copy(self.attack)  # the caller's instance is left as it was
             attack.model = network
             return attack
-        kwargs = dict(self.attack_kwargs)
-        if kwargs["seed"] is not None:
-            kwargs["seed"] = (int(kwargs["seed"]) * 1_000_003 + iteration) % (2**31 - 1)
-        return make_attack(self.attack, network, **kwargs)
+        return make_attack(self.attack, network, **{**self.attack_kwargs, "seed": self._iteration_seed(iteration)})
+
+    def _iteration_seed(self, iteration: int) -> Optional[int]:
+        """The seed of this iteration (attack and chosen samples): a function of ``seed`` and the iteration only."""
+        seed = self.attack_kwargs["seed"]
+        return None if seed is None else (int(seed) * 1_000_003 + iteration) % (2**31 - 1)
 
     def __call__(self, engine: Engine) -> None:
         batch = engine.state.batch
@@ -102,22 +105,24 @@ class AdversarialBatchHandler:
             # attack the module: a DDP forward outside training would start collectives the other ranks never join
             network = network.module
         device = getattr(engine.state, "device", None) or images.device
-        chosen = self._chosen(images.shape[0])
+        iteration = int(engine.state.iteration)
+        chosen = self._chosen(images.shape[0], self._iteration_seed(iteration))
         x = images[chosen].to(device)
         y = (
             labels[chosen].to(device)
             if isinstance(labels, torch.Tensor)
             else torch.as_tensor(labels)[chosen].to(device)
         )
-        x_adv = self._attack(network, int(engine.state.iteration))(x, y).to(images.device)
+        x_adv = self._attack(network, iteration)(x, y).to(images.device)
         out = images.clone()
         out[chosen] = x_adv
         batch = dict(batch)
         batch[self.image_key] = out
         engine.state.batch = batch
 
-    def _chosen(self, n: int) -> Sequence[int]:
+    def _chosen(self, n: int, seed: Optional[int]) -> Sequence[int]:
         if self.ratio >= 1.0:
             return torch.arange(n)
         k = max(1, int(round(self.ratio * n)))
-        return torch.randperm(n)[:k].sort().values
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return torch.randperm(n, generator=generator)[:k].sort().values

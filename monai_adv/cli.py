@@ -13,8 +13,9 @@ import errno
 import json
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from monai_adv import __version__
 from monai_adv.apps.arguments import (
@@ -264,12 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_engine_logs() -> None:
+@contextmanager
+def _quiet_engine_logs() -> Iterator[None]:
     """An error inside an ignite engine loop is reported once, as the command's one line: ignite's own
-    "Engine run is terminating due to exception" lines stay out of the output (``--debug`` keeps them)."""
+    "Engine run is terminating due to exception" lines stay out of the output (``--debug`` keeps them).
+    The logger's level is restored afterwards (``main`` may run inside a longer program)."""
     import logging
 
-    logging.getLogger("ignite").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("ignite")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _silence_stdout() -> None:
@@ -287,9 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
         return args.func(args)
-    _quiet_engine_logs()
     try:
-        return args.func(args)
+        with _quiet_engine_logs():
+            return args.func(args)
     except KeyboardInterrupt:
         print("monai-adv: interrupted", file=sys.stderr)
         return 130

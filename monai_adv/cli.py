@@ -160,8 +160,6 @@ def _attack(args: argparse.Namespace) -> int:
     eps = parse_eps(args.eps)
     if len(eps) != 1:
         raise CommandError(f"--eps: give one budget, got {args.eps!r}")
-    if not args.image.exists():
-        raise CommandError(f"image not found: {args.image}")
     check_model(args.bundle, args.checkpoint, args.network)
     from monai_adv.apps.attack_image import run_attack
 

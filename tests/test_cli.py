@@ -486,3 +486,28 @@ def test_attack_on_a_header_with_huge_dimensions_is_a_clear_error(demo_run, tmp_
     assert main(args + ["--image", str(tmp_path / "huge.nii"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "huge.nii" in err and err.count("\n") == 1 and "IndexError" not in err, err
+
+
+def test_attack_shares_the_dimension_check(demo_run, tmp_path, capsys):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "vol.nii")
+    args = ["attack", "--checkpoint", str(demo_run / "models" / "nat.pt"), "--network", "demo"]
+    assert main(args + ["--image", str(tmp_path / "vol.nii"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "dimension mismatch: --image" in err and "network takes 2D images" in err, err
+
+
+def test_run_evaluate_refuses_zero_samples_before_loading(tmp_path):
+    from monai_adv.apps.evaluate import run_evaluate
+    from monai_adv.apps.sources import CommandError
+
+    with pytest.raises(CommandError, match="--samples: expected a number >= 1, got 0"):
+        run_evaluate("demo", ["fgsm"], [8 / 255], tmp_path / "r", network="demo", checkpoint=tmp_path, samples=0)
+
+
+def test_benchmark_settings_record_the_batch_size(tmp_path):
+    from monai_adv.benchmark.grid import run_grid
+
+    out = tmp_path / "grid"
+    run_grid(_tiny_grid(out), log=lambda _: None)
+    with pytest.raises(ValueError, match="batch_size: stored 100, now 2"):
+        run_grid(_tiny_grid(out, batch_size=2), log=lambda _: None)

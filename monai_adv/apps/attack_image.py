@@ -15,7 +15,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, SaveImage
 
-from monai_adv.apps.sources import CommandError, check_channels, first_conv_spatial_dims, load_bundle, load_network
+from monai_adv.apps.sources import (
+    CommandError,
+    check_channels,
+    check_spatial_dims,
+    first_conv_spatial_dims,
+    load_bundle,
+    load_network,
+)
 from monai_adv.atomic import atomic_folder
 from monai_adv.engines import build_attack, parse_attack_specs
 from monai_adv.visualize import plot_adversarial_examples
@@ -76,8 +83,7 @@ def run_attack(
     squeezed = dims is not None and img.ndim - 1 == dims + 1 and img.shape[-1] == 1  # one DICOM slice, 2D model
     if squeezed:
         img = img[..., 0]
-    if dims is not None and img.ndim - 1 != dims:
-        raise CommandError(f"the image has {img.ndim - 1} spatial dims (shape {tuple(img.shape)}), the network {dims}")
+    check_spatial_dims(model, img, f"--image {image}")
     if min(img.shape[1:]) < 2:
         raise CommandError(
             f"the image is too small to attack and save (shape {tuple(img.shape)}, channels first): every spatial "

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from monai.data import DataLoader
 
+from monai_adv.apps.arguments import check_count, check_out_folder
 from monai_adv.apps.sources import (
     CommandError,
     check_channels,
@@ -50,6 +51,9 @@ def run_evaluate(
     log=print,
 ) -> Dict[str, Any]:
     """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``."""
+    check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
+    check_count(batch_size, "--batch-size")
+    check_out_folder(Path(out))
     preprocessing = None
     if bundle is not None:
         model, parser = load_bundle(bundle)

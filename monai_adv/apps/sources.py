@@ -119,6 +119,8 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
     - ``csv:<manifest.csv>``: a manifest with columns image (path) and label;
     - ``nifti:<folder>``: segmentation pairs ``<folder>/images/<name>`` and ``<folder>/labels/<name>``.
     """
+    if samples is not None and samples < 1:
+        raise CommandError(f"--samples: expected a number >= 1, got {samples}")
     kind, _, arg = spec.partition(":")
     if kind in ("demo", "demo3d"):
         task = arg or "classification"

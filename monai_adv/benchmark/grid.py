@@ -119,7 +119,7 @@ def _cells(config: GridConfig) -> List[Tuple[str, str, float]]:
 
 
 #: the settings a stored cell or model depends on; a resumed run must have the same ones
-RESULT_SETTINGS = ("data", "attacks", "epochs", "train_samples", "test_samples", "image_size", "seed")
+RESULT_SETTINGS = ("data", "attacks", "epochs", "train_samples", "test_samples", "image_size", "batch_size", "seed")
 SETTINGS_FILE = "settings.json"
 
 

@@ -250,3 +250,12 @@ def test_logits_that_turn_nan_under_attack_are_an_error():
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match="NaN or Inf logits"):
         RobustnessEvaluator("cpu", _loader(x, y, 8), model, ["fgsm"], [0.01]).run()
+
+
+def test_evaluator_scores_in_eval_mode_without_flipping_the_networks_flags():
+    net = TinyClassifier(2, 1, 3).train()
+    seen = []
+    net.register_forward_pre_hook(lambda module, inputs: seen.append((module.training, net.training)))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    RobustnessEvaluator("cpu", _loader(x, y, 8), net, ["fgsm"], [0.01]).run()
+    assert seen and all(not called and original for called, original in seen)

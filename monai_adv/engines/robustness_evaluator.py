@@ -15,9 +15,10 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import default_prepare_batch
 from monai.inferers import Inferer, SimpleInferer
+from monai.networks.utils import eval_mode
 from monai.utils import optional_import
 
-from monai_adv.attacks import InfererModel
+from monai_adv.attacks import InfererModel, model_dtype, model_state_guard
 from monai_adv.attacks.objective import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
 from monai_adv.engines.attack_suite import (
@@ -193,12 +194,17 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.state.examples = {}
 
     def _forward(self, x: torch.Tensor, *args: Any, what: str = "the clean input", **kwargs: Any) -> torch.Tensor:
-        with self.mode(self.network):
+        # in eval mode, score through an eval view (the network's flags are never flipped, so another thread may
+        # train or attack it meanwhile); mode="train" keeps MONAI's behaviour
+        scoring = model_state_guard(self.network) if self.mode is eval_mode else self.mode(self.network)
+        with scoring as view, torch.no_grad():
+            network = view if self.mode is eval_mode else self.network
+            x = x.to(model_dtype(self.network) or x.dtype)
             if self.amp:
                 with torch.autocast("cuda", **self.amp_kwargs):
-                    out = self.inferer(x, self.network, *args, **kwargs)
+                    out = self.inferer(x, network, *args, **kwargs)
             else:
-                out = self.inferer(x, self.network, *args, **kwargs)
+                out = self.inferer(x, network, *args, **kwargs)
         out = out.detach().as_subclass(torch.Tensor)
         if not out.is_floating_point():
             raise TypeError(f"The network must return floating-point logits, got {out.dtype}.")

@@ -442,13 +442,7 @@ MODEL_AND_DATA_ERRORS = [
 
 @pytest.mark.parametrize("args, message", MODEL_AND_DATA_ERRORS, ids=[" ".join(a) for a, _ in MODEL_AND_DATA_ERRORS])
 def test_model_and_data_errors_come_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "file").write_text("")
-    args = ["file" if a == "FILE" else a for a in args]
-    assert main(args + ["--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("monai-adv: error:") and message in err and err.count("\n") == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"], "nothing may be written before the check"
+    test_argument_errors_come_before_any_work(tmp_path, capsys, monkeypatch, args, message)
 
 
 def test_model_errors_do_not_import_torch(tmp_path):

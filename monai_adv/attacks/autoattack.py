@@ -215,6 +215,10 @@ class AutoAttack:
 
         The report is in ``self.last_report``.
         """
+        with model_state_guard(self.model):  # one eval view of the network for every attack of the chain
+            return self._run_chain(x, y, mask)
+
+    def _run_chain(self, x: torch.Tensor, y: Any, mask: Optional[Any]) -> AttackResult:
         check_input(x, None if self.value_range is None else tuple(self.value_range))
         n = x.shape[0]
         x_plain = x.detach().as_subclass(torch.Tensor)

@@ -15,11 +15,13 @@ from ignite.metrics import Accuracy
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, StatsHandler, ValidationHandler
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.losses import DiceCELoss
 
 from monai_adv.attacks import PGD
 from monai_adv.data import BrainLesionDataset
 from monai_adv.handlers import AdversarialBatchHandler
-from tests.models import TinyClassifier
+from tests.models import TinyClassifier, TinySegmenter
 
 PGD_KWARGS = {"eps": 4 / 255, "steps": 3, "random_start": False}
 
@@ -176,3 +178,106 @@ def test_built_from_a_bundle_config():
     handler = parser.get_parsed_content("handlers")[0]
     assert isinstance(handler, AdversarialBatchHandler) and handler.ratio == 0.5
     assert handler.attack_kwargs["eps"] == 0.0078
+
+
+def _segmentation_trainer(network, inferer):
+    data = BrainLesionDataset("train", "segmentation", 2, num_samples=4, image_size=32)
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader(data, batch_size=4),
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), 0.0),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        inferer=inferer,
+    )
+    batch = next(iter(trainer.data_loader))
+    trainer.state.batch, trainer.state.iteration = {"image": batch["image"], "label": batch["label"]}, 1
+    return trainer, batch
+
+
+def _window_shapes(network):
+    shapes = []
+    network.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape[2:])))
+    return shapes
+
+
+@pytest.mark.parametrize("given_network", [False, True])
+def test_attacks_through_the_engines_inferer(given_network):
+    torch.manual_seed(0)
+    net, other = TinySegmenter(2, 1, 2), TinySegmenter(2, 1, 2)
+    inferer = SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=2)
+    trainer, batch = _segmentation_trainer(net, inferer)
+    attacked = other if given_network else net
+    shapes = _window_shapes(attacked)
+    handler = AdversarialBatchHandler("pgd", {**PGD_KWARGS, "loss": "dice"}, network=other if given_network else None)
+    handler(trainer)
+    # the attack ran the network on the inferer's 16x16 windows of the 32x32 images, never on a whole image
+    assert shapes and set(shapes) == {(16, 16)}
+    delta = trainer.state.batch["image"] - batch["image"]
+    assert delta.abs().max() <= 4 / 255 + 1e-7 and bool((delta != 0).any())
+    # the same trainer with a plain SimpleInferer: the attack sees the whole images
+    plain, _ = _segmentation_trainer(attacked, SimpleInferer())
+    shapes.clear()
+    AdversarialBatchHandler("pgd", {**PGD_KWARGS, "loss": "dice"})(plain)
+    assert set(shapes) == {(32, 32)}
+
+
+def test_set_random_state_fixes_the_chosen_samples_and_the_attack_seed(loaders):
+    kwargs = {**PGD_KWARGS, "random_start": True}
+    handler = AdversarialBatchHandler("pgd", kwargs, ratio=0.5)
+    assert handler.set_random_state(seed=7) is handler
+    first = _one_iteration_batch(loaders, handler)
+    torch.manual_seed(123)  # the global generator does not matter once the handler is seeded
+    again = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs, ratio=0.5).set_random_state(seed=7))
+    assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, again))
+    other = _one_iteration_batch(loaders, AdversarialBatchHandler("pgd", kwargs, ratio=0.5).set_random_state(seed=8))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_default_random_state_follows_the_global_seed_at_construction():
+    torch.manual_seed(3)
+    a = AdversarialBatchHandler("pgd", PGD_KWARGS)
+    torch.manual_seed(3)
+    b = AdversarialBatchHandler("pgd", PGD_KWARGS)
+    c = AdversarialBatchHandler("pgd", PGD_KWARGS)
+    draws = [h.R.randint(2**31 - 1, size=4).tolist() for h in (a, b, c)]
+    assert draws[0] == draws[1] != draws[2]
+
+
+def test_an_attack_instance_is_copied_and_left_unchanged(loaders):
+    net = TinyClassifier(2, 1, 2)
+    attack = PGD(net, eps=4 / 255, steps=2, seed=None)
+    handler = AdversarialBatchHandler(attack).set_random_state(seed=0)
+    first = _one_iteration_batch(loaders, handler)
+    assert attack.model is net and attack.seed is None
+    again = _one_iteration_batch(loaders, AdversarialBatchHandler(attack).set_random_state(seed=0))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+class _CountingHandler(AdversarialBatchHandler):
+    calls = 0
+
+    def __call__(self, engine):
+        self.calls += 1
+        super().__call__(engine)
+
+
+def test_attaching_twice_attacks_once(loaders):
+    train_loader, _ = loaders
+    net = TinyClassifier(2, 1, 2)
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=1,
+        train_data_loader=train_loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.0),
+        loss_function=torch.nn.CrossEntropyLoss(),
+    )
+    handler = _CountingHandler("fgsm", {"eps": 4 / 255})
+    handler.attach(trainer)
+    handler.attach(trainer)
+    assert trainer.has_event_handler(handler, Events.ITERATION_STARTED)
+    trainer.run()
+    assert handler.calls == 1

@@ -9,12 +9,15 @@
 import pytest
 import torch
 from monai.data import DataLoader
-from monai.engines.utils import IterationEvents
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
 
 from monai_adv.data import BrainLesionDataset
 from monai_adv.defenses import make_defense
 from monai_adv.engines import RobustTrainer
-from tests.models import TinyClassifier
+from monai_adv.engines.robust_trainer import _batch_accuracy
+from tests.models import TinyClassifier, TinySegmenter
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +208,62 @@ def test_a_float64_batch_trains_a_float32_network_with_clean_monitoring(defense)
     out = trainer.state.output[0]
     assert 0.0 <= out["clean_accuracy"] <= 1.0 and 0.0 <= out["adversarial_accuracy"] <= 1.0
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+class _ShiftScale(nn.Module):
+    """A network that needs an extra positional and keyword argument: ``net(x, shift, scale=...)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, x, shift, scale):
+        self.seen.append((tuple(x.shape[2:]), float(shift), float(scale)))
+        return self.net(x + shift) * scale
+
+
+def _prepare_with_extra_arguments(batchdata, device=None, non_blocking=False, **kwargs):
+    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return image, label, (0.0,), {"scale": 2.0}
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_extra_arguments_of_prepare_batch_reach_the_network(task):
+    """As in SupervisedTrainer._iteration, batch[2] and batch[3] are passed on to the network (through the
+    inferer), in the training attack, the loss and the clean monitoring pass."""
+    torch.manual_seed(0)
+    data = BrainLesionDataset("train", task, 2, num_samples=4, image_size=32)
+    segmentation = task == "segmentation"
+    net = _ShiftScale(TinySegmenter(2, 1, 2) if segmentation else TinyClassifier(2, 1, 2))
+    trainer = RobustTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader(data, batch_size=4),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 1e-2),
+        defense="pgd_at" if segmentation else "trades",
+        defense_kwargs={"eps": 2 / 255, "steps": 1},
+        prepare_batch=_prepare_with_extra_arguments,
+        inferer=SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=4) if segmentation else None,
+        clean_accuracy=True,
+    )
+    trainer.run()
+    assert trainer.state.iteration == 1
+    assert net.seen and {(shift, scale) for _, shift, scale in net.seen} == {(0.0, 2.0)}
+    if segmentation:  # every call went through the inferer's windows
+        assert {shape for shape, *_ in net.seen} == {(16, 16)}
+    else:
+        out = trainer.state.output[0]
+        assert 0.0 <= out["clean_accuracy"] <= 1.0 and 0.0 <= out["adversarial_accuracy"] <= 1.0
+
+
+def test_batch_accuracy_uses_the_shared_prediction_rule():
+    # a single logit is class 1 when > 0 (a zero logit is class 0)
+    assert _batch_accuracy(torch.tensor([[0.5], [-0.2], [0.0]]), torch.tensor([1, 0, 1])) == pytest.approx(2 / 3)
+    # class logits: argmax; labels given as (N, 1) are class indices
+    logits = torch.tensor([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0]])
+    assert _batch_accuracy(logits, torch.tensor([[1], [1]])) == pytest.approx(0.5)
+    # multi-label: every label right (logit > 0)
+    multi = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    assert _batch_accuracy(multi, torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == pytest.approx(0.5)
+    assert _batch_accuracy(torch.zeros(2, 2, 4, 4), torch.zeros(2, 1, 4, 4)) is None

@@ -8,31 +8,74 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys as Keys
+from torch import nn
 
 from monai_adv.attacks import InfererModel, model_state_guard
 from monai_adv.attacks.guard import model_dtype
+from monai_adv.attacks.tasks import infer_task, predict, prepare_labels
 from monai_adv.defenses import Defense, make_defense
 
-__all__ = ["RobustTrainer"]
+__all__ = ["RobustTrainer", "NetworkCall"]
 
 
-def _batch_accuracy(logits: Optional[torch.Tensor], targets: torch.Tensor) -> Optional[float]:
-    """Accuracy of a classification (exact match for multi-label) batch; None for other outputs."""
+class NetworkCall(nn.Module):
+    """A network called the way a MONAI engine calls it: ``inferer(x, network, *args, **kwargs)``, or
+    ``network(x, *args, **kwargs)`` without an inferer, where ``args`` and ``kwargs`` are the extra arguments
+    the engine's ``prepare_batch`` returned with the batch (``batch[2]``, ``batch[3]``).
+
+    It is a module holding the network, so an attack guards the network through it (eval mode, frozen, left as
+    found) and gradients flow through the inferer.
+
+    Args:
+        network: the network.
+        inferer: a callable ``inferer(inputs, network, *args, **kwargs)`` (e.g. a ``monai.inferers.Inferer``),
+            or None to call the network directly.
+        args: extra positional arguments of every call.
+        kwargs: extra keyword arguments of every call.
+    """
+
+    def __init__(
+        self,
+        network: Callable,
+        inferer: Optional[Callable] = None,
+        args: Sequence[Any] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if inferer is not None and not callable(inferer):
+            raise TypeError(f"`inferer` must be callable as inferer(inputs, network), got {type(inferer).__name__}.")
+        self.network = network
+        self.inferer = inferer
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inferer is None:
+            return self.network(x, *self.args, **self.kwargs)
+        return self.inferer(x, self.network, *self.args, **self.kwargs)
+
+
+def _batch_accuracy(logits: Optional[torch.Tensor], targets: torch.Tensor, task: str = "auto") -> Optional[float]:
+    """Accuracy of a classification (exact match for multi-label) batch with the shared prediction rule
+    (:func:`monai_adv.attacks.tasks.predict`); None for other outputs."""
     if logits is None or logits.ndim != 2:
         return None
     with torch.no_grad():
-        if targets.ndim == 2 and targets.shape == logits.shape and logits.shape[1] > 1:
-            return float(((logits > 0).float() == targets.float()).all(dim=1).float().mean())
-        labels = targets.reshape(-1).long()
-        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
-        return float((pred == labels).float().mean())
+        logits = logits.detach().as_subclass(torch.Tensor)
+        targets = torch.as_tensor(targets).detach().as_subclass(torch.Tensor).to(logits.device)
+        task = infer_task(task, logits, targets)
+        labels = prepare_labels(task, targets, logits, "targets")
+        correct = predict(task, logits) == labels
+        if task == "multilabel":
+            correct = correct.all(dim=1)
+        return float(correct.float().mean())
 
 
 class RobustTrainer(SupervisedTrainer):
@@ -48,6 +91,11 @@ class RobustTrainer(SupervisedTrainer):
     and may be None. The clean accuracy comes free with the defenses that evaluate the clean batch (NAT, TRADES,
     MART, HAT); PGD-AT and fast-AT never do, and report it (instead of None) only with ``clean_accuracy=True``,
     for one more forward pass without gradients per iteration.
+
+    The network is called the way ``SupervisedTrainer`` calls it: through ``inferer`` (gradients of the
+    training attack flow through it, e.g. a ``SlidingWindowInferer``), with the extra ``(args, kwargs)`` that
+    ``prepare_batch`` may return as ``batch[2]`` and ``batch[3]`` (``inferer(x, network, *args, **kwargs)``),
+    both in the defense's training attack and in its loss.
 
     ``seed`` (an int) makes the defense's own random draws (the training attack's random start) a function of
     ``seed`` and the iteration count, so a run killed and resumed from MONAI's ``CheckpointLoader`` (saving the
@@ -87,10 +135,13 @@ class RobustTrainer(SupervisedTrainer):
         self.clean_accuracy = bool(clean_accuracy)
         super().__init__(*args, loss_function=loss_function or torch.nn.CrossEntropyLoss(), **kwargs)
 
-    def _model(self, engine) -> Any:
-        if self.inferer is None or type(engine.inferer) is SimpleInferer:
-            return engine.network
-        return InfererModel(engine.network, engine.inferer)
+    def _model(self, engine: RobustTrainer, args: Sequence[Any] = (), kwargs: Optional[Mapping] = None) -> Any:
+        """The network the defense trains and attacks: called through the inferer with the batch's extra
+        arguments, as ``SupervisedTrainer`` calls it."""
+        plain = engine.inferer is None or type(engine.inferer) is SimpleInferer
+        if args or kwargs:
+            return NetworkCall(engine.network, None if plain else engine.inferer, args, kwargs)
+        return engine.network if plain else InfererModel(engine.network, engine.inferer)
 
     def _iteration_seed(self, engine: RobustTrainer) -> Optional[int]:
         """The seed of this iteration's attack: a function of ``seed`` and the iteration count only, so a run
@@ -104,8 +155,9 @@ class RobustTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        model = self._model(engine)
+        model = self._model(engine, args, kwargs)
 
         def _compute_loss():
             loss, outputs = engine.defense(model, inputs, targets, seed=self._iteration_seed(engine))
@@ -135,7 +187,8 @@ class RobustTrainer(SupervisedTrainer):
         if clean is None and inputs.ndim >= 3 and engine.clean_accuracy:
             with model_state_guard(model) as view, torch.inference_mode():
                 clean = view(inputs.to(model_dtype(model) or inputs.dtype))  # the network's dtype, as the defense
-        engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets)
-        engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets)
+        task = getattr(engine.defense, "task", "auto")
+        engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets, task)
+        engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets, task)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -24,6 +24,7 @@ from monai_adv.apps.sources import (
     load_network,
 )
 from monai_adv.atomic import atomic_folder
+from monai_adv.attacks.tasks import predict
 from monai_adv.engines import build_attack, parse_attack_specs
 from monai_adv.visualize import plot_adversarial_examples
 
@@ -95,18 +96,17 @@ def run_attack(
     with torch.no_grad():
         logits = model(x.as_tensor())
     segmentation = logits.ndim > 2
+    task = "segmentation" if segmentation else "classification"
     if label is not None:
         if segmentation:
             raise CommandError("--label is for classifiers; a segmentation model is attacked against its own map")
         if not 0 <= label < max(logits.shape[1], 2):
             raise CommandError(f"--label must be a class index in [0, {max(logits.shape[1], 2) - 1}], got {label}")
         y = torch.tensor([label])
-    elif segmentation:
-        y = (logits.argmax(1, keepdim=True) if logits.shape[1] > 1 else (logits > 0).long()).long()
-    else:
-        y = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    else:  # the model's own clean prediction: class indices (N,), or a label map (N, 1, *spatial)
+        y = predict(task, logits)
+        y = y[:, None] if segmentation else y
     try:
-        task = "segmentation" if segmentation else "classification"
         atk = build_attack(spec, model, eps, norm, (0.0, 1.0), task, seed)
     except (ValueError, TypeError) as e:
         raise CommandError(f"--attack {attack}: {e}") from e
@@ -133,13 +133,11 @@ def run_attack(
             )(saved, meta_data={**img.meta, "filename_or_obj": name})
     paths = {k: out / f"{name}_{k}.nii.gz" for k in ("adversarial", "perturbation")}
     if segmentation:
-        pred = adv_logits.argmax(1, keepdim=True) if adv_logits.shape[1] > 1 else (adv_logits > 0).long()
-        seg = {"label": y, "clean": y, "adversarial": pred}
+        seg = {"label": y, "clean": y, "adversarial": predict(task, adv_logits)[:, None]}
         paths["preview"] = plot_adversarial_examples(x, x_adv, out / f"{name}_preview.png", segmentation=seg)
         log(f"{attack} at eps {eps:.4g}: segmentation attacked against the model's own clean map")
     else:
-        clean_pred = int(logits.argmax(1)) if logits.shape[1] > 1 else int(logits[0, 0] > 0)
-        adv_pred = int(adv_logits.argmax(1)) if adv_logits.shape[1] > 1 else int(adv_logits[0, 0] > 0)
+        clean_pred, adv_pred = int(predict(task, logits)[0]), int(predict(task, adv_logits)[0])
         paths["preview"] = plot_adversarial_examples(
             x,
             x_adv,

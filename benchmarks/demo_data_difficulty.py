@@ -27,7 +27,7 @@ from monai.data import DataLoader
 from monai.losses import DiceCELoss
 from monai.networks.nets import ResNet, UNet
 
-from monai_adv.attacks.objective import hard_dice
+from monai_adv.attacks.tasks import hard_dice
 from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.data import BrainLesionDataset
 

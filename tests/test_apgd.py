@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from monai_adv.attacks import APGD, APGDT
+from monai_adv.attacks import APGD, APGDT, ActiveSet
 from monai_adv.attacks.apgd import apgd_checkpoints
 from tests.models import TinyClassifier, accuracy
 
@@ -30,23 +30,24 @@ def test_step_size_is_halved_on_oscillation_or_stall():
     history[0, :5] = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])  # rising at every step: keep the step
     history[1, :5] = torch.tensor([0.0, 1.0, 0.5, 1.5, 1.0])  # rising at 2 of 4 steps (< 0.75): halve
     history[2, :5] = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])  # rising, but stalled since the last check: halve
-    state = {
-        "x_adv": torch.zeros(n, 1, 2),
-        "grad": torch.zeros(n, 1, 2),
-        "x_best": torch.ones(n, 1, 2),
-        "grad_best": torch.full((n, 1, 2), 2.0),
-        "loss_best": torch.tensor([4.0, 1.5, 4.0], dtype=torch.float64),
-        "loss_best_last": torch.tensor([0.0, 0.0, 4.0], dtype=torch.float64),
-        "reduced_last": torch.tensor([False, False, False]),
-        "step": torch.full((n,), 2.0, dtype=torch.float64),
-        "history": history,
-    }
+    state = ActiveSet(
+        torch.arange(n),
+        x_adv=torch.zeros(n, 1, 2),
+        grad=torch.zeros(n, 1, 2),
+        x_best=torch.ones(n, 1, 2),
+        grad_best=torch.full((n, 1, 2), 2.0),
+        loss_best=torch.tensor([4.0, 1.5, 4.0], dtype=torch.float64),
+        loss_best_last=torch.tensor([0.0, 0.0, 4.0], dtype=torch.float64),
+        reduced_last=torch.tensor([False, False, False]),
+        step=torch.full((n,), 2.0, dtype=torch.float64),
+        history=history,
+    )
     attack._check_step_size(state, done=4, interval=4)
-    assert state["step"].tolist() == [2.0, 1.0, 1.0]
-    assert state["reduced_last"].tolist() == [False, True, True]
+    assert state.step.tolist() == [2.0, 1.0, 1.0]
+    assert state.reduced_last.tolist() == [False, True, True]
     # the halved samples restart from their best point and its gradient; the other one goes on
-    assert torch.equal(state["x_adv"][0], torch.zeros(1, 2)) and torch.equal(state["x_adv"][1:], torch.ones(2, 1, 2))
-    assert torch.equal(state["grad"][1:], torch.full((2, 1, 2), 2.0))
+    assert torch.equal(state.x_adv[0], torch.zeros(1, 2)) and torch.equal(state.x_adv[1:], torch.ones(2, 1, 2))
+    assert torch.equal(state.grad[1:], torch.full((2, 1, 2), 2.0))
 
 
 def _mean_accuracy(model, x, y, make):
@@ -77,14 +78,14 @@ def test_apgd_t_at_most_one_point_above_reference(trained_bars4):
     print(f"APGD-T-100 eps 12/255 (4 classes): robust accuracy ours {ours:.4f}, reference {theirs:.4f}")
     assert 0.0 < theirs < 1.0
     assert ours <= theirs + 0.01
-    assert APGDT(model, eps=eps, steps=2).substitute_loss is None
+    assert "notes" not in APGDT(model, eps=eps, steps=2).perturb(x[:4], y[:4]).details  # 4 classes: no substitute
 
 
 def test_apgd_t_substitutes_the_loss_below_four_classes(trained_bars):
     model, x, y = trained_bars
     attack = APGDT(model, eps=16 / 255, steps=20)
     result = attack.perturb(x[:64], y[:64])
-    assert attack.substitute_loss == "cw"
+    assert any("targeted CW margin" in note for note in result.details["notes"])
     assert result.success.float().mean() > 0.5
 
 
@@ -92,9 +93,9 @@ def test_apgd_t_on_a_single_logit_binary_classifier():
     torch.manual_seed(0)
     model = TinyClassifier(2, 1, 1).eval()
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 1, 0])
-    attack = APGDT(model, eps=8 / 255, steps=5)
-    x_adv = attack(x, y)
-    assert attack.substitute_loss == "cw" and (x_adv - x).abs().max() <= 8 / 255
+    result = APGDT(model, eps=8 / 255, steps=5).perturb(x, y)
+    assert any("targeted CW margin" in note for note in result.details["notes"])
+    assert (result.x_adv - x).abs().max() <= 8 / 255
 
 
 def test_apgd_t_is_for_classification_only():

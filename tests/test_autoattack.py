@@ -6,6 +6,8 @@
 
 """AutoAttack: per-sample worst case, report, binary/multi-label/segmentation chains, sanity checks."""
 
+import warnings
+
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -21,22 +23,23 @@ def test_worst_case_is_at_most_every_component(trained_bars4):
     eps = 10 / 255
     aa = AutoAttack(model, eps=eps, **SMALL)
     result = aa.perturb(x, y)
-    report = aa.last_report
+    report = result.details
     components = {
         "apgd-ce": APGD(model, eps=eps, steps=20),
         "apgd-t": APGDT(model, eps=eps, steps=20),
         "fab-t": FAB(model, eps=eps, steps=20),
         "square": Square(model, eps=eps, queries=300),
     }
-    print(report.summary())
+    print(report["broken_counts"], report["seconds"])
+    robust_accuracy = 1 - result.success.float().mean().item()
     for name, attack in components.items():
         alone = attack.perturb(x, y).success
         assert bool((result.success | ~alone).all()), f"a sample {name} breaks alone survived AutoAttack"
-        assert report.robust_accuracy <= 1 - alone.float().mean().item()
-    assert report.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert report.robust_accuracy == pytest.approx(1 - result.success.float().mean().item())
-    assert sum(report.broken_counts.values()) + report.broken_by.count("clean") == int(result.success.sum())
-    assert [b is not None for b in report.broken_by] == result.success.tolist()
+        assert robust_accuracy <= 1 - alone.float().mean().item()
+    assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert sum(report["broken_counts"].values()) + report["broken_by"].count("clean") == int(result.success.sum())
+    assert [b is not None for b in report["broken_by"]] == result.success.tolist()
+    assert torch.equal(result.clean_success, torch.tensor([b == "clean" for b in report["broken_by"]]))
     with torch.no_grad():
         assert torch.equal(model(result.x_adv).argmax(1) != y, result.success)
     assert (result.x_adv - x).abs().max() <= eps
@@ -47,12 +50,10 @@ def test_binary_task_substitutes_dlr_and_says_so():
     model = TinyClassifier(2, 1, 1).eval()
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 1, 0, 1, 0])
     aa = AutoAttack(model, eps=8 / 255, check=False, **SMALL)
-    aa(x, y)
-    notes = " ".join(aa.last_report.notes)
+    notes = " ".join(aa.perturb(x, y).details["notes"])
     assert "Targeted DLR needs 4 classes" in notes
     rand = AutoAttack(model, eps=8 / 255, version="rand", check=False, steps=2)
-    rand(x, y)
-    assert "DLR is undefined with 2 classes" in " ".join(rand.last_report.notes)
+    assert "DLR is undefined with 2 classes" in " ".join(rand.perturb(x, y).details["notes"])
 
 
 def test_multilabel_and_segmentation_chains_in_3d():
@@ -60,13 +61,13 @@ def test_multilabel_and_segmentation_chains_in_3d():
     x = torch.rand(2, 1, 8, 8, 8)
     multilabel = TinyClassifier(3, 1, 4).eval()
     aa = AutoAttack(multilabel, eps=8 / 255, check=False, **SMALL)
-    aa(x, torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0]]))
-    assert aa.last_report.task == "multilabel" and aa.last_report.attacks == ["apgd-ce", "apgd-margin", "square"]
+    result = aa.perturb(x, torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0]]))
+    assert result.task == "multilabel" and result.details["attacks"] == ["apgd-ce", "apgd-margin", "square"]
     segmenter = TinySegmenter(3, 1, 3).eval()
     aa = AutoAttack(segmenter, eps=8 / 255, check=False, **SMALL)
-    out = aa(x, torch.randint(0, 3, (2, 1, 8, 8, 8)))
-    assert aa.last_report.task == "segmentation" and aa.last_report.attacks == ["apgd-ce", "apgd-dice", "square"]
-    assert out.shape == x.shape and (out - x).abs().max() <= 8 / 255
+    result = aa.perturb(x, torch.randint(0, 3, (2, 1, 8, 8, 8)))
+    assert result.task == "segmentation" and result.details["attacks"] == ["apgd-ce", "apgd-dice", "square"]
+    assert result.x_adv.shape == x.shape and (result.x_adv - x).abs().max() <= 8 / 255
 
 
 def test_a_3d_volume_runs_through_every_classification_attack():
@@ -85,9 +86,9 @@ def test_custom_chain_by_name_and_instance_and_metatensor(trained_bars):
     model, x, y = trained_bars
     x, y = MetaTensor(x[:32], meta={"filename_or_obj": "bars"}), y[:32]
     aa = AutoAttack(model, eps=12 / 255, version="custom", attacks=["fgsm", PGD(model, eps=12 / 255, steps=10)])
-    out = aa(x, y)
-    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "bars"
-    assert aa.last_report.attacks == ["fgsm", "PGD"]
+    result = aa.perturb(x, y)
+    assert isinstance(result.x_adv, MetaTensor) and result.x_adv.meta["filename_or_obj"] == "bars"
+    assert result.details["attacks"] == ["fgsm", "PGD"]
 
 
 def test_bad_arguments(trained_bars):
@@ -118,10 +119,15 @@ def test_sanity_checks_flag_what_makes_a_number_untrustworthy(trained_bars):
     assert any("randomized" in w for w in sanity_checks(Noisy(model), x, y))
     assert any("exactly zero" in w for w in sanity_checks(lambda v: model((v * 4).round() / 4), x, y))
     assert any("Clean accuracy is zero" in w for w in sanity_checks(model, x, (y + 1) % 3))
+    aa = AutoAttack(Noisy(model), eps=8 / 255, version="rand", steps=2)
     with pytest.warns(UserWarning, match="randomized"):
-        aa = AutoAttack(Noisy(model), eps=8 / 255, version="rand", steps=2)
-        aa(x, y)
-    assert any("randomized" in note for note in aa.last_report.notes)
+        first = aa.perturb(x, y)
+    assert any("randomized" in note for note in first.details["notes"])
+    # checked once per instance: a second batch neither warns again nor loses the note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        second = aa.perturb(x[:4], y[:4])
+    assert any("randomized" in note for note in second.details["notes"])
 
 
 def test_result_of_a_sample_does_not_depend_on_its_batch():

@@ -189,8 +189,8 @@ def test_autoattack_and_transform_accept_float64_numpy_images():
 def test_custom_autoattack_takes_classification_only_attacks(name):
     net = TinyClassifier(2, 1, 4).eval()
     aa = AutoAttack(net, version="custom", attacks=[name], steps=2, check=False)
-    out = aa(X, torch.tensor([0, 3]))
-    assert out.shape == X.shape and aa.last_report.attacks == [name]
+    result = aa.perturb(X, torch.tensor([0, 3]))
+    assert result.x_adv.shape == X.shape and result.details["attacks"] == [name]
 
 
 class _ModelWithDefaultArgument:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from monai_adv.attacks import losses as L
-from monai_adv.attacks.objective import hard_dice
+from monai_adv.attacks.tasks import hard_dice
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from monai_adv.attacks import APGD, CW, PGD, InfererModel
-from monai_adv.attacks.objective import hard_dice
+from monai_adv.attacks.tasks import hard_dice
 
 
 def spheres(n: int, size: int = 32, seed: int = 0):

@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from monai_adv.attacks import APGD, CW, FGSM, PGD
+from monai_adv.attacks import APGD, CW, FGSM, PGD, Objective
 from tests.models import TinyClassifier
 
 
@@ -45,17 +45,24 @@ def test_targeted_modes_reach_their_targets(trained_bars, mode):
 def test_random_targets_are_other_classes_and_seeded(trained_bars):
     model, x, y = trained_bars
     x, y = x[:64], y[:64]
-    attack = PGD(model, eps=32 / 255, steps=1, targeted="random", early_stop=False, seed=3)
-    state = attack._prepare(x, y, None, None)
-    targets = state.objective.targets
+
+    def targets_of(seed, images, labels):
+        seen = []
+
+        class Recording(Objective):  # the objective the attack builds for the batch: read its targets
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                seen.append(self.targets)
+
+        PGD(model, eps=32 / 255, steps=1, targeted="random", seed=seed, objective=Recording)(images, labels)
+        return seen[0]
+
+    targets = targets_of(3, x, y)
     assert (targets != y).all() and targets.min() >= 0 and targets.max() <= 2
-    again = PGD(model, eps=32 / 255, steps=1, targeted="random", seed=3)._prepare(x, y, None, None)
-    assert torch.equal(targets, again.objective.targets)
-    other = PGD(model, eps=32 / 255, steps=1, targeted="random", seed=4)._prepare(x, y, None, None)
-    assert not torch.equal(targets, other.objective.targets)
+    assert torch.equal(targets, targets_of(3, x, y))
+    assert not torch.equal(targets, targets_of(4, x, y))
     # a sample's target does not depend on its batch
-    alone = attack._prepare(x[5:6], y[5:6], None, None).objective.targets
-    assert alone.item() == targets[5].item()
+    assert targets_of(3, x[5:6], y[5:6]).item() == targets[5].item()
 
 
 def test_explicit_targets(trained_bars):

@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from monai_adv.attacks import CW, PGD, TransferAttack
+from monai_adv.attacks import CW, PGD, TransferAttack, make_attack
 from tests.models import TinyClassifier, accuracy, bars_dataset, train_classifier
 
 
@@ -22,13 +22,13 @@ def surrogate():
 
 def test_scores_are_measured_on_the_target(trained_bars, surrogate):
     target, x, y = trained_bars
-    transfer = TransferAttack(PGD(surrogate, eps=24 / 255, steps=20, early_stop=False), target)
+    transfer = TransferAttack(target, PGD(surrogate, eps=24 / 255, steps=20, early_stop=False))
     result = transfer.perturb(x, y)
     with torch.no_grad():
         fooled = target(result.x_adv).argmax(1) != y
         clean_wrong = target(x).argmax(1) != y
     assert torch.equal(result.success, fooled) and torch.equal(result.clean_success, clean_wrong)
-    assert torch.equal(result.x_adv, transfer.last_source_result.x_adv)
+    assert torch.equal(result.x_adv, result.details["source"].x_adv)
     assert (result.x_adv - x).abs().max() <= 24 / 255
     target_acc = accuracy(target, result.x_adv, y)
     print(f"transfer PGD-20 eps 24/255: target accuracy {accuracy(target, x, y):.4f} -> {target_acc:.4f}")
@@ -39,7 +39,7 @@ def test_surrogate_equal_to_target_reproduces_the_white_box_attack(trained_bars)
     model, x, y = trained_bars
     attack = PGD(model, eps=12 / 255, steps=10)
     white_box = attack.perturb(x, y)
-    transfer = TransferAttack(attack, model).perturb(x, y)
+    transfer = TransferAttack(model, attack).perturb(x, y)
     assert torch.equal(transfer.x_adv, white_box.x_adv) and torch.equal(transfer.success, white_box.success)
 
 
@@ -50,13 +50,32 @@ def test_the_target_can_be_a_black_box(trained_bars, surrogate):
         with torch.no_grad():
             return model((v * 16).round() / 16)
 
-    result = TransferAttack(CW(surrogate, eps=24 / 255, kappa=10, early_stop=False), black_box).perturb(x, y)
+    result = TransferAttack(black_box, CW(surrogate, eps=24 / 255, kappa=10, early_stop=False)).perturb(x, y)
     assert result.success.float().mean() > 0.2
 
 
 def test_bad_arguments(trained_bars):
     model = trained_bars[0]
-    with pytest.raises(TypeError, match="`attack` must be a monai_adv attack"):
-        TransferAttack("pgd", model)
+    with pytest.raises(TypeError, match="takes no argument"):
+        TransferAttack(model, "pgd", source_kwargs={"steps": 2, "nope": 1})
+    with pytest.raises(TypeError, match="`source` must be an attack or an attack name"):
+        TransferAttack(model, 3)
+    with pytest.raises(ValueError, match="`source` is a built attack"):
+        TransferAttack(model, PGD(model), eps=1 / 255)
     with pytest.raises(ValueError, match="least_likely"):
-        TransferAttack(PGD(model, targeted="least_likely"), model)
+        TransferAttack(model, PGD(model, targeted="least_likely"))
+
+
+def test_by_name_from_the_registry(trained_bars, surrogate):
+    target, x, y = trained_bars
+    transfer = make_attack(
+        "transfer",
+        target,
+        source="pgd",
+        surrogate=surrogate,
+        eps=24 / 255,
+        source_kwargs={"steps": 20, "early_stop": False},
+    )
+    by_name = transfer.perturb(x, y)
+    built = TransferAttack(target, PGD(surrogate, eps=24 / 255, steps=20, early_stop=False)).perturb(x, y)
+    assert torch.equal(by_name.x_adv, built.x_adv) and torch.equal(by_name.success, built.success)

@@ -10,15 +10,18 @@ Pure PyTorch: nothing here imports MONAI or ignite.
 """
 
 from monai_adv.attacks import losses
+from monai_adv.attacks.active import ActiveSet, BestIterate
 from monai_adv.attacks.apgd import APGD, APGDT
-from monai_adv.attacks.autoattack import AutoAttack, AutoAttackReport
-from monai_adv.attacks.base import Attack, AttackResult
+from monai_adv.attacks.autoattack import AutoAttack
+from monai_adv.attacks.base import Attack, AttackResult, AttackState
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
+from monai_adv.attacks.objective import NAMED_LOSSES, Objective
 from monai_adv.attacks.pgd import PGD
 from monai_adv.attacks.registry import (
+    attack_arguments,
     attack_class,
     attack_defaults,
     available_attacks,
@@ -29,31 +32,55 @@ from monai_adv.attacks.sanity import sanity_checks
 from monai_adv.attacks.scoring import score_examples
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
+from monai_adv.attacks.tasks import predict
 from monai_adv.attacks.transfer import TransferAttack
+
+register_attack("fgsm", FGSM)
+register_attack("pgd", PGD)
+register_attack("pgd_linf", PGD, norm="Linf")
+register_attack("pgd_l2", PGD, norm="L2")
+register_attack("cw", CW)
+register_attack("apgd", APGD)
+register_attack("apgd_ce", APGD, loss="ce")
+register_attack("apgd_dlr", APGD, loss="dlr")
+register_attack("apgd_t", APGDT)
+register_attack("fab_t", FAB)
+register_attack("square", Square)
+register_attack("simba", SimBA)
+register_attack("simba_dct", SimBA, basis="dct")
+register_attack("simba_pixel", SimBA, basis="pixel")
+register_attack("autoattack", AutoAttack)
+register_attack("transfer", TransferAttack)
 
 __all__ = [
     "APGD",
     "APGDT",
+    "ActiveSet",
     "Attack",
     "AttackResult",
+    "AttackState",
     "AutoAttack",
-    "AutoAttackReport",
+    "BestIterate",
     "CW",
     "FAB",
     "FGSM",
     "InfererModel",
+    "NAMED_LOSSES",
+    "Objective",
     "PGD",
     "SimBA",
     "Square",
     "TransferAttack",
+    "attack_arguments",
     "attack_class",
     "attack_defaults",
     "available_attacks",
+    "eval_view",
     "losses",
     "make_attack",
-    "model_state_guard",
-    "eval_view",
     "model_dtype",
+    "model_state_guard",
+    "predict",
     "register_attack",
     "sanity_checks",
     "score_examples",

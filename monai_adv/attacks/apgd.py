@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.active import ActiveSet, BestIterate
+from monai_adv.attacks.base import Attack, AttackState
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import ascent_step, boundary_start, clip_to_range, project
+from monai_adv.attacks.tasks import rank_other_classes
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["APGD", "APGDT", "apgd_checkpoints"]
@@ -46,22 +48,14 @@ class APGD(Attack):
     its best point (one that fools, else the highest loss).
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0).
+        model: the model under attack.
         steps: iterations per restart (100 in the standard AutoAttack).
-        norm: "Linf" or "L2".
-        loss: "ce", "dlr" (classification, >= 3 classes), "cw", or "dice" (segmentation).
-        value_range: ``(lo, hi)`` or None.
         restarts: number of random restarts.
         rho: the fraction of loss-increasing steps below which the step size is halved.
-        targeted: False, True (``target=`` at call time), "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        kappa: confidence cap of the "cw" loss.
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
         eot_iter: forward/backward passes averaged per step (expectation over transformation, for
             randomized models; 1 otherwise).
-        early_stop: stop attacking a sample once it is fooled, and skip samples misclassified clean.
-        seed: seed of the per-sample random starts.
+        kwargs: the arguments of :class:`~monai_adv.attacks.Attack` (eps, norm, loss: "ce", "dlr"
+            (classification, >= 3 classes), "cw", "dice" (segmentation), ...).
 
     Example::
 
@@ -74,34 +68,13 @@ class APGD(Attack):
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         steps: int = 100,
-        norm: str = "Linf",
-        loss: str = "ce",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         restarts: int = 1,
         rho: float = 0.75,
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        kappa: float = 0.0,
-        seg_success_ratio: float = 0.5,
         eot_iter: int = 1,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, **kwargs)
         self.steps = check_int(steps, "steps")
         self.eot_iter = check_int(eot_iter, "eot_iter")
         self.restarts = check_int(restarts, "restarts")
@@ -116,11 +89,9 @@ class APGD(Attack):
         )
 
     def _perturb(self, state: AttackState):
-        if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss.double()
         best = BestIterate(state.x, state.clean_success)
         self._restarts(state, state.objective, torch.arange(state.x.shape[0], device=state.x.device), best, 0)
-        return best.x, best.success, best.loss
+        return state.result(best.x, best.success, best.loss)
 
     def _restarts(self, state: AttackState, objective: Objective, todo: torch.Tensor, best: BestIterate, stream: int):
         """Run the restarts on the samples ``todo`` (only those not yet fooled, with ``early_stop``)."""
@@ -143,7 +114,7 @@ class APGD(Attack):
         x_adv = x_adv.detach().requires_grad_(True)
         total_loss, total_grad = 0.0, 0.0
         for _ in range(self.eot_iter):
-            logits = self.forward(x_adv)
+            logits = self.call_model(x_adv)
             loss = objective.loss(logits, idx)
             total_grad = total_grad + self.input_gradient(loss, x_adv)
             total_loss = total_loss + loss.detach().double()
@@ -161,68 +132,59 @@ class APGD(Attack):
         best.update(idx, x_adv, loss, success)
 
         n = idx.numel()
-        s: Dict[str, Optional[torch.Tensor]] = {
-            "idx": idx,
-            "x0": x0,
-            "mask": mask,
-            "x_adv": x_adv,
-            "x_prev": x_adv.clone(),
-            "grad": grad,
-            "x_best": x_adv.clone(),
-            "grad_best": grad.clone(),
-            "loss_best": loss.clone(),
-            "loss_best_last": loss.clone(),
-            "reduced_last": torch.ones(n, dtype=torch.bool, device=x0.device),
-            "step": torch.full((n,), 2.0 * self.eps, dtype=torch.float64, device=x0.device),
-            "history": torch.zeros(n, self.steps + 1, dtype=torch.float64, device=x0.device),
-        }
-        s["history"][:, 0] = loss
-        if self.early_stop:
-            s = _keep(s, ~success)
+        s = ActiveSet(
+            idx,
+            x0=x0,
+            mask=mask,
+            x_adv=x_adv,
+            x_prev=x_adv.clone(),
+            grad=grad,
+            x_best=x_adv.clone(),
+            grad_best=grad.clone(),
+            loss_best=loss.clone(),
+            loss_best_last=loss.clone(),
+            reduced_last=torch.ones(n, dtype=torch.bool, device=x0.device),
+            step=torch.full((n,), 2.0 * self.eps, dtype=torch.float64, device=x0.device),
+            history=torch.zeros(n, self.steps + 1, dtype=torch.float64, device=x0.device),
+        )
+        s.history[:, 0] = loss
+        if self.early_stop and not s.keep(~success):
+            return
         checkpoints = apgd_checkpoints(self.steps)
         last_check = 0
         for i in range(self.steps):
-            if s["idx"].numel() == 0:
-                return
             with torch.no_grad():
                 momentum = 1.0 if i == 0 else 0.75
-                x_cur, grad = s["x_adv"], s["grad"] if s["mask"] is None else s["grad"] * s["mask"]
-                z = self._project(s["x0"], ascent_step(x_cur, grad, s["step"], self.norm), s["mask"])
-                x_new = x_cur + momentum * (z - x_cur) + (1.0 - momentum) * (x_cur - s["x_prev"])
-                s["x_prev"], s["x_adv"] = x_cur, self._project(s["x0"], x_new, s["mask"])
-            loss, success, s["grad"] = self._evaluate(objective, s["x_adv"], s["idx"])
-            best.update(s["idx"], s["x_adv"], loss, success)
+                x_cur, grad = s.x_adv, s.grad if s.mask is None else s.grad * s.mask
+                z = self._project(s.x0, ascent_step(x_cur, grad, s.step, self.norm), s.mask)
+                x_new = x_cur + momentum * (z - x_cur) + (1.0 - momentum) * (x_cur - s.x_prev)
+                s.x_prev, s.x_adv = x_cur, self._project(s.x0, x_new, s.mask)
+            loss, success, s.grad = self._evaluate(objective, s.x_adv, s.idx)
+            best.update(s.idx, s.x_adv, loss, success)
             with torch.no_grad():
-                improved = loss > s["loss_best"]
-                s["x_best"][improved] = s["x_adv"][improved]
-                s["grad_best"][improved] = s["grad"][improved]
-                s["loss_best"] = torch.where(improved, loss, s["loss_best"])
-                s["history"][:, i + 1] = loss
+                improved = loss > s.loss_best
+                s.x_best[improved] = s.x_adv[improved]
+                s.grad_best[improved] = s.grad[improved]
+                s.loss_best = torch.where(improved, loss, s.loss_best)
+                s.history[:, i + 1] = loss
                 if i + 1 in checkpoints:
                     self._check_step_size(s, i + 1, i + 1 - last_check)
                     last_check = i + 1
-            if self.early_stop and bool(success.any()):
-                s = _keep(s, ~success)
+            if self.early_stop and bool(success.any()) and not s.keep(~success):
+                return
 
-    def _check_step_size(self, s: Dict[str, Optional[torch.Tensor]], done: int, interval: int) -> None:
+    def _check_step_size(self, s: ActiveSet, done: int, interval: int) -> None:
         """At a checkpoint after ``done`` iterations, halve the step of the stalling samples and restart them."""
-        history = s["history"]
+        history = s.history
         increases = (history[:, done - interval + 1 : done + 1] > history[:, done - interval : done]).sum(dim=1)
         oscillating = increases <= self.rho * interval
-        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+        stalled = ~s.reduced_last & (s.loss_best_last >= s.loss_best)
         reduce = oscillating | stalled
-        s["reduced_last"], s["loss_best_last"] = reduce, s["loss_best"].clone()
+        s.reduced_last, s.loss_best_last = reduce, s.loss_best.clone()
         if bool(reduce.any()):
-            s["step"] = torch.where(reduce, s["step"] / 2.0, s["step"])
-            s["x_adv"][reduce] = s["x_best"][reduce]
-            s["grad"][reduce] = s["grad_best"][reduce]
-
-
-def _keep(state: Dict[str, Optional[torch.Tensor]], keep: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
-    """Drop the samples where ``keep`` is False from every per-sample tensor of an APGD run."""
-    if bool(keep.all()):
-        return state
-    return {k: None if v is None else v[keep] for k, v in state.items()}
+            s.step = torch.where(reduce, s.step / 2.0, s.step)
+            s.x_adv[reduce] = s.x_best[reduce]
+            s.grad[reduce] = s.grad_best[reduce]
 
 
 class APGDT(APGD):
@@ -230,77 +192,43 @@ class APGDT(APGD):
     run APGD on the targeted DLR loss towards that class, on the samples not yet misclassified.
 
     Success stays untargeted (any misclassification counts), as in AutoAttack. Classification only. The
-    targeted DLR loss needs at least 4 classes; with fewer, the targeted CW margin replaces it and
-    ``substitute_loss`` says so (``None`` when no substitution happened).
+    targeted DLR loss needs at least 4 classes; with fewer, the targeted CW margin replaces it and the result's
+    ``details["notes"]`` says so.
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0).
-        steps: iterations per target class and restart.
-        norm: "Linf" or "L2".
+        model: the model under attack.
         target_classes: how many target classes to try (default 9), capped at classes - 1.
         loss: "dlr" (targeted DLR, default), "ce" or "cw", pulled towards each target.
-        value_range: ``(lo, hi)`` or None.
-        restarts: restarts per target class.
-        rho: see :class:`APGD`.
-        kappa: confidence cap of the "cw" loss.
-        early_stop: stop attacking a sample once it is misclassified.
-        seed: seed of the per-sample random starts.
+        kwargs: the other arguments of :class:`APGD` and :class:`~monai_adv.attacks.Attack` (steps and restarts
+            per target class; the task is classification, untargeted).
     """
 
     name = "apgd_t"
+    fixed_arguments = ("task", "targeted", "seg_success_ratio")
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
-        steps: int = 100,
-        norm: str = "Linf",
         target_classes: int = 9,
         loss: str = "dlr",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
-        restarts: int = 1,
-        rho: float = 0.75,
-        kappa: float = 0.0,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            steps=steps,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            restarts=restarts,
-            rho=rho,
-            task="classification",
-            kappa=kappa,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, loss=loss, task="classification", **kwargs)
         self.target_classes = check_int(target_classes, "target_classes")
-        self.substitute_loss: Optional[str] = None
 
-    def _objective_loss(self, num_classes: int) -> str:
+    def _objective_loss(self, num_classes: int):
         # the targeted DLR loss needs 4 classes: below, pull with the targeted CW margin and say so
-        self.substitute_loss = "cw" if self.loss == "dlr" and max(num_classes, 2) < 4 else None
-        return self.substitute_loss or self.loss
+        if self.loss == "dlr" and max(num_classes, 2) < 4:
+            classes = max(num_classes, 2)
+            return "cw", [f"Targeted DLR needs 4 classes, the model has {classes}: APGD-T uses the targeted CW margin."]
+        return self.loss, []
 
     def _perturb(self, state: AttackState):
-        if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss.double()
         objective = state.objective
-        num_classes = max(objective.num_classes, 2)
-        loss = objective.loss_name
-        # rank the other classes by their clean logit, most likely first
-        logits = state.clean_logits.detach().float()
-        if logits.shape[1] == 1:
-            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-        ranked = logits.scatter(1, objective.labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+        ranked = rank_other_classes(state.clean_logits, objective.labels)
         best = BestIterate(state.x, state.clean_success)
         everyone = torch.arange(state.x.shape[0], device=state.x.device)
-        for rank in range(min(self.target_classes, num_classes - 1)):
-            pulled = objective.with_loss_targets(ranked[:, rank], loss=loss)
+        for rank in range(min(self.target_classes, max(objective.num_classes, 2) - 1)):
+            pulled = objective.with_loss_targets(ranked[:, rank], loss=objective.loss_name)
             self._restarts(state, pulled, everyone, best, stream=rank * self.restarts)
-        return best.x, best.success, best.loss
+        return state.result(best.x, best.success, best.loss)

@@ -4,29 +4,23 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""The attack base class: what every attack shares (checks, model guard, budget, mask, bookkeeping, seeding)."""
+"""The attack base class: what every attack shares (checks, model guard, budget, mask, objective, seeding)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
+from monai_adv.attacks.active import ActiveSet, BestIterate
 from monai_adv.attacks.guard import active_model, model_dtype, model_state_guard
-from monai_adv.attacks.objective import (
-    LOSS_ALIASES,
-    TASK_LOSSES,
-    TASKS,
-    Objective,
-    choose_targets,
-    infer_task,
-    looks_like_probabilities,
-    prepare_labels,
-)
+from monai_adv.attacks.objective import LossFunction, Objective, check_loss
 from monai_adv.attacks.projections import enforce_budget
 from monai_adv.attacks.seeding import resolve_seed, sample_generators, sample_keys
+from monai_adv.attacks.tasks import TASK_CHOICES, choose_targets, infer_task, looks_like_probabilities, prepare_labels
 from monai_adv.attacks.validation import (
     as_tensor_labels,
     check_choice,
@@ -39,10 +33,9 @@ from monai_adv.attacks.validation import (
     check_value_range,
 )
 
-__all__ = ["Attack", "AttackResult", "AttackState", "BestIterate"]
+__all__ = ["ActiveSet", "Attack", "AttackResult", "AttackState", "BestIterate", "FirstPass"]
 
 TARGET_STREAM = 2**32  # random stream of the random targets, apart from the restart streams 0, 1, ...
-ALL_LOSSES = tuple(sorted({loss for losses in TASK_LOSSES.values() for loss in losses}))
 
 
 @dataclass
@@ -54,68 +47,88 @@ class AttackResult:
         success: per-sample bool, whether ``x_adv`` meets the attack's goal (misclassified, Dice dropped,
             target reached); None when the attack did not evaluate its final iterate (``best_iterate=False``).
         loss: per-sample attack loss at ``x_adv`` (None when not evaluated).
-        clean_success: per-sample bool, whether the clean input already met the goal (e.g. misclassified).
+        clean_success: per-sample bool, whether the clean input already met the goal (e.g. misclassified);
+            None only from ``attack(x, y)`` when the attack skipped the clean pass.
         task: the task the attack ran as ("classification", "multilabel" or "segmentation").
         queries: per-sample number of model evaluations, for query-based attacks (None for gradient attacks).
+        details: what else the run found, per attack: e.g. AutoAttack's ``broken_by`` (which attack broke each
+            sample), ``broken_counts`` and ``seconds`` per attack; ``notes`` (substituted losses, sanity-check
+            warnings); a transfer attack's ``source`` result on the surrogate.
     """
 
     x_adv: torch.Tensor
     success: Optional[torch.Tensor]
     loss: Optional[torch.Tensor]
-    clean_success: torch.Tensor
+    clean_success: Optional[torch.Tensor]
     task: str
     queries: Optional[torch.Tensor] = None
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FirstPass:
+    """A forward pass kept with its graph, so that the first gradient step reuses it instead of a new pass.
+
+    Attributes:
+        x: the input leaf (requires grad).
+        logits: the model's logits at ``x``, with their graph.
+        clean: whether ``x`` is the clean input (else a random start evaluated in the clean pass's place).
+    """
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    clean: bool
 
 
 @dataclass
 class AttackState:
-    """The prepared batch an attack works on (plain tensors, on the input's device)."""
+    """The prepared batch an attack works on (plain tensors in the network's dtype, on the input's device).
+
+    Attributes:
+        x: the clean batch.
+        y: the labels as given (a tensor), for attacks that run other attacks.
+        mask: the perturbation mask broadcast to ``x``, or None.
+        objective: the loss and goal on this batch.
+        keys, seed: the per-sample random streams (see :meth:`Attack.generators`).
+        clean_logits, clean_loss, clean_success: the clean pass; None when the attack skipped it because its
+            run never reads it (see :attr:`first`).
+        first: a forward pass the first step reuses, or None.
+        target: the target labels as given, or None.
+        loss_mask: the loss mask as given, or None.
+        notes: what the attack changed for this batch (e.g. a loss substituted for a binary task).
+        x_input: the clean batch in the input's own dtype, for attacks that run other attacks on it.
+    """
 
     x: torch.Tensor
+    y: torch.Tensor
     mask: Optional[torch.Tensor]
     objective: Objective
     keys: List[bytes]
     seed: int
-    clean_logits: torch.Tensor
-    clean_loss: torch.Tensor
-    clean_success: torch.Tensor
-    x_with_grad: Optional[torch.Tensor] = None  # the input leaf of clean_logits' graph, when kept
-    clean_pass_skipped: bool = False  # the clean fields describe the first point, x_with_grad (no clean pass)
+    clean_logits: Optional[torch.Tensor]
+    clean_loss: Optional[torch.Tensor]
+    clean_success: Optional[torch.Tensor]
+    first: Optional[FirstPass] = None
+    target: Optional[torch.Tensor] = None
+    loss_mask: Optional[torch.Tensor] = None
+    notes: List[str] = field(default_factory=list)
+    x_input: Optional[torch.Tensor] = None
 
-
-class BestIterate:
-    """Per-sample best point so far: one that meets the goal beats one that does not, then the higher loss wins.
-
-    Starts from the clean input, which counts only if it already meets the goal (its loss is -inf).
-    """
-
-    def __init__(self, x: torch.Tensor, clean_success: torch.Tensor) -> None:
-        self.x = x.clone()
-        self.success = clean_success.clone()
-        self.loss = torch.full((x.shape[0],), float("-inf"), dtype=torch.float64, device=x.device)
-
-    def update(self, idx: torch.Tensor, x_new: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
-        """Offer new points for the samples ``idx`` of the batch; return which of them were taken."""
-        old_success = self.success[idx]
-        better = (success & ~old_success) | ((success == old_success) & (loss > self.loss[idx]))
-        if bool(better.any()):
-            rows = idx[better]
-            self.x[rows] = x_new[better].to(self.x.dtype)
-            self.loss[rows] = loss[better].to(self.loss.dtype)
-            self.success[rows] = success[better]
-        return better
-
-    def overwrite(self, idx: torch.Tensor, x_new: torch.Tensor) -> None:
-        """Take the points as they are (last-iterate mode)."""
-        self.x[idx] = x_new.to(self.x.dtype)
+    def result(self, x_adv: torch.Tensor, success=None, loss=None, queries=None, **details: Any) -> AttackResult:
+        """An :class:`AttackResult` for this batch; the state's ``notes`` (e.g. a substituted loss) join ``details``."""
+        if self.notes:
+            details = {**details, "notes": list(self.notes) + list(details.get("notes", []))}
+        return AttackResult(x_adv, success, loss, self.clean_success, self.objective.task, queries, details)
 
 
 class Attack:
-    """Base class of all attacks: ``x_adv = attack(x, y)``.
+    """Base class of all attacks: ``x_adv = attack(x, y)``; ``attack.perturb(x, y)`` for per-sample outcomes.
 
-    Subclasses implement :meth:`_perturb`. The base class checks arguments, guards the model's state,
-    runs the clean forward pass, resolves the task, labels and targets, seeds per-sample random streams,
-    enforces the eps-ball, value range and mask exactly, and returns a tensor of the input's type.
+    Subclasses implement :meth:`_perturb` and declare only their own arguments, passing the others (``**kwargs``)
+    to this class; :func:`~monai_adv.attacks.make_attack` reads the whole hierarchy. The base class checks
+    arguments, guards the model's state, runs the clean forward pass, resolves the task, labels, targets and
+    objective, seeds per-sample random streams, returns the clean input unchanged when ``eps`` is 0, enforces
+    the eps-ball, value range and mask exactly, and returns a tensor of the input's type.
 
     Args:
         model: a callable returning logits: an ``nn.Module`` (guarded: run in eval mode, left exactly as found),
@@ -123,9 +136,11 @@ class Attack:
             in :class:`monai_adv.attacks.InfererModel` to have the network guarded too.
         eps: perturbation budget (>= 0) in the norm ``norm``, in the units of ``value_range``.
         norm: "Linf" or "L2".
-        loss: the loss the attack ascends: "ce" (cross-entropy; BCE for multi-label and single-logit outputs),
-            "cw" (Carlini-Wagner margin capped at ``kappa``), "dlr" (classification, >= 3 classes; targeted
-            needs >= 4), "dice" (segmentation soft Dice loss).
+        loss: what the attack ascends: a name, "ce" (cross-entropy; BCE for multi-label and single-logit
+            outputs), "cw" (Carlini-Wagner margin capped at ``kappa``), "dlr" (classification, >= 3 classes;
+            targeted needs >= 4), "dice" (segmentation soft Dice loss), "kl" (classification: KL divergence from
+            the clean prediction, TRADES' inner loss); or a callable ``loss(logits, y, **context) -> (N,)`` (see
+            :mod:`monai_adv.attacks.objective` for the context it may read).
         value_range: ``(lo, hi)`` the images live in (default (0, 1)), or None for unbounded intensities
             (z-scored MRI, CT in HU).
         targeted: False; True (pass ``target=`` when calling); "least_likely" or "random" (a target chosen
@@ -137,17 +152,32 @@ class Attack:
         early_stop: stop attacking a sample once it meets the goal, and skip samples that already fail clean.
         seed: seed of the per-sample random streams (random starts, random targets); None draws one from
             PyTorch's global generator at each call.
+        loss_kwargs: options of a named loss, e.g. ``{"include_background": True, "smooth": 0.0}`` for "dice".
+        loss_in_mask: segmentation: average the voxel loss only inside the perturbation ``mask`` (the region of
+            interest) when no ``loss_mask`` is given at the call.
+        objective: the :class:`~monai_adv.attacks.objective.Objective` class the attack builds per batch; a
+            subclass changes the loss or the success criterion.
     """
 
     #: name used by :func:`monai_adv.attacks.make_attack`
     name = "attack"
+    #: base arguments a subclass sets itself: not accepted from the caller, not listed by the registry
+    fixed_arguments: Tuple[str, ...] = ()
+    #: whether ``result.queries`` counts model evaluations (query-based attacks)
+    counts_queries = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
+        fixed = sorted(set(kwargs) & set(cls.fixed_arguments))
+        if fixed:
+            raise TypeError(f"{cls.__name__} sets {fixed} itself; it takes no argument(s) {fixed}.")
+        return super().__new__(cls)
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float,
+        eps: float = 8 / 255,
         norm: str = "Linf",
-        loss: str = "ce",
+        loss: Union[str, LossFunction] = "ce",
         value_range: Optional[Sequence[float]] = (0.0, 1.0),
         targeted: Union[bool, str] = False,
         task: str = "auto",
@@ -155,21 +185,23 @@ class Attack:
         seg_success_ratio: float = 0.5,
         early_stop: bool = True,
         seed: Optional[int] = 0,
+        loss_kwargs: Optional[Dict[str, Any]] = None,
+        loss_in_mask: bool = False,
+        objective: Type[Objective] = Objective,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be an nn.Module or a callable returning logits, got {type(model).__name__}.")
         self.model = model
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
-        loss_name = loss.lower() if isinstance(loss, str) else loss
-        self.loss = check_choice(LOSS_ALIASES.get(loss_name, loss_name), "loss", ALL_LOSSES)
+        self.loss, self.loss_kwargs = check_loss(loss, loss_kwargs)
         self.value_range = check_value_range(value_range)
         if isinstance(targeted, str):
             targeted = check_choice(targeted, "targeted", ("least_likely", "random"))
         elif not isinstance(targeted, bool):
             raise TypeError(f'`targeted` must be False, True, "least_likely" or "random", got {targeted!r}.')
         self.targeted = targeted
-        self.task = check_choice(task, "task", TASKS)
+        self.task = check_choice(task, "task", TASK_CHOICES)
         self.kappa = check_eps(kappa, "kappa")
         self.seg_success_ratio = check_positive(seg_success_ratio, "seg_success_ratio")
         if self.seg_success_ratio > 1:
@@ -178,21 +210,46 @@ class Attack:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"`seed` must be an int or None, got {type(seed).__name__}.")
         self.seed = seed
+        self.loss_in_mask = bool(loss_in_mask)
+        if not (isinstance(objective, type) and issubclass(objective, Objective)):
+            raise TypeError(f"`objective` must be a subclass of monai_adv.attacks.Objective, got {objective!r}.")
+        self.objective = objective
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, loss={self.loss!r})"
+        loss = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "callable")
+        return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, loss={loss!r})"
 
-    def __call__(self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None):
+    def with_model(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Attack:
+        """A copy of this attack on another model (the instance itself is left as it is)."""
+        if not callable(model):
+            raise TypeError(f"`model` must be an nn.Module or a callable returning logits, got {type(model).__name__}.")
+        other = copy.copy(self)
+        other.model = model
+        return other
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: Any,
+        mask: Optional[Any] = None,
+        target: Optional[Any] = None,
+        loss_mask: Optional[Any] = None,
+    ) -> torch.Tensor:
         """Return the adversarial batch for ``x`` (N, C, *spatial) with labels ``y``; see :meth:`perturb`.
 
         The same ``x_adv`` as ``perturb(...).x_adv``. Asked for ``x_adv`` alone, an attack whose run never reads
         the clean prediction (e.g. PGD as adversarial training uses it: random start, no early exit, last
         iterate) skips the clean forward pass, which only :meth:`perturb`'s per-sample outcomes need.
         """
-        return self._attack(x, y, mask, target, need_clean=False).x_adv
+        return self._attack(x, y, mask, target, loss_mask, need_clean=False).x_adv
 
     def perturb(
-        self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None
+        self,
+        x: torch.Tensor,
+        y: Any,
+        mask: Optional[Any] = None,
+        target: Optional[Any] = None,
+        loss_mask: Optional[Any] = None,
     ) -> AttackResult:
         """Attack a batch and return the adversarial batch with per-sample outcomes.
 
@@ -202,61 +259,70 @@ class Attack:
                 (N, K, *spatial) for segmentation.
             mask: optional region of interest broadcastable to ``x``; only voxels where it is non-zero change.
             target: target labels in the form of ``y``, required when ``targeted=True``.
+            loss_mask: segmentation: voxels (N, *spatial) or (N, 1, *spatial), broadcastable, over which the voxel
+                loss is averaged; default all voxels (or ``mask`` with ``loss_in_mask=True``).
         """
-        return self._attack(x, y, mask, target, need_clean=True)
+        return self._attack(x, y, mask, target, loss_mask, need_clean=True)
 
-    def _attack(self, x: torch.Tensor, y: Any, mask: Optional[Any], target: Optional[Any], need_clean: bool):
+    def _attack(self, x, y, mask, target, loss_mask, need_clean: bool) -> AttackResult:
         x = check_input(x, self.value_range)
         if self.targeted is True and target is None:
             raise ValueError("`target` is required when the attack is built with targeted=True.")
         if target is not None and self.targeted is not True:
             raise ValueError("`target` was given but the attack is untargeted; build it with targeted=True.")
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.bool, device=x.device)
-            return AttackResult(x.detach().clone(), empty, torch.zeros(0, device=x.device), empty, self.task)
+            task = self.task if self.task != "auto" else "classification"
+            return AttackResult(x.detach().clone(), empty, torch.zeros(0, device=x.device), empty, task)
         with torch.inference_mode(False):
             x_orig = x.detach().as_subclass(torch.Tensor)
             x_plain = x_orig.to(model_dtype(self.model) or x_orig.dtype).clone()
             mask_t = check_mask(mask, x_plain)
             y_t = as_tensor_labels(y, "y", x_plain.device)
             target_t = None if target is None else as_tensor_labels(target, "target", x_plain.device)
+            loss_mask_t = None if loss_mask is None else as_tensor_labels(loss_mask, "loss_mask", x_plain.device)
             with model_state_guard(self.model), torch.enable_grad():
-                state = self._prepare(x_plain, y_t, target_t, mask_t, need_clean)
-                x_adv, success, loss, *queries = self._perturb(state)
+                state = self._prepare(x_plain, y_t, target_t, mask_t, loss_mask_t, need_clean)
+                state.x_input = x_orig
+                result = self._unchanged(state) if self.eps == 0 else self._perturb(state)
             # the budget holds exactly in the input's dtype, whatever dtype the network computed in
             mask_t = None if mask_t is None else mask_t.to(x_orig.dtype)
             x_adv = enforce_budget(
-                x_orig, x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range
+                x_orig, result.x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range
             )
-        return AttackResult(_like_input(x, x_adv), success, loss, state.clean_success, state.objective.task, *queries)
+        return replace(result, x_adv=_like_input(x, x_adv))
 
-    # ---- hooks for subclasses ------------------------------------------------------------------------------
-    def _clean_pass_needs_grad(self) -> bool:
-        """Whether the clean forward pass should keep its graph (when the first step starts at the clean input)."""
-        return False
-
-    def _first_point_without_clean_pass(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor], keys: List[bytes], seed: int
-    ) -> Optional[torch.Tensor]:
-        """The first point the attack evaluates, when its run never reads the clean prediction; else None.
-
-        When it returns a point and only ``x_adv`` is asked for, that point's forward pass (kept with its graph
-        for the first gradient) takes the clean pass's place; the state's clean fields then describe it.
-        """
-        return None
-
-    def _objective_loss(self, num_classes: int) -> str:
-        """The loss of the batch's objective, given the model's number of outputs (a hook for substitutions)."""
-        return self.loss
-
-    def _perturb(self, state: AttackState):
-        """Return ``(x_adv, success or None, loss or None[, queries])`` for the prepared batch."""
+    # ---- what subclasses implement or refine ------------------------------------------------------------------
+    def _perturb(self, state: AttackState) -> AttackResult:
+        """The attack on the prepared batch (``eps`` > 0): return ``state.result(x_adv, success, loss, ...)``."""
         raise NotImplementedError
 
+    def _clean_pass(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], keys: List[bytes], seed: int, need_clean: bool
+    ) -> Tuple[torch.Tensor, Optional[FirstPass]]:
+        """The logits the batch is prepared from, and a pass the first step may reuse (None here).
+
+        The base runs the clean input without gradients. An attack may return instead a :class:`FirstPass` (the
+        clean input with its graph, or, when ``need_clean`` is False and its run never reads the clean prediction,
+        its first iterate); its logits then stand for the clean ones only when ``FirstPass.clean``.
+        """
+        with torch.inference_mode():
+            logits = self.call_model(x)
+        return logits.clone(), None  # a normal tensor: later steps may index it under autograd
+
+    def _objective_loss(self, num_classes: int) -> Tuple[Union[str, LossFunction], List[str]]:
+        """The loss of the batch's objective given the model's outputs, and notes on any substitution."""
+        return self.loss, []
+
+    def _unchanged(self, state: AttackState) -> AttackResult:
+        """The result when ``eps`` is 0: the clean input, with the clean outcome (one query: the clean pass)."""
+        queries = torch.ones(state.x.shape[0], dtype=torch.long, device=state.x.device) if self.counts_queries else None
+        loss = None if state.clean_loss is None else state.clean_loss.double()
+        return state.result(state.x, state.clean_success, loss, queries)
+
     # ---- shared machinery ----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Call the model and check that it returns a logits tensor for the whole batch."""
+    def call_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Call the model (its eval view inside the attack) and check it returns logits for the whole batch."""
         out = active_model(self.model)(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
@@ -272,10 +338,11 @@ class Attack:
                 f"`model` must return floating-point logits, got {out.dtype}; integer or boolean outputs (e.g. class "
                 "predictions) carry no gradient and cannot be scored as logits."
             )
-        return out.as_subclass(torch.Tensor) if type(out) is not torch.Tensor else out
+        return out if type(out) is torch.Tensor else out.as_subclass(torch.Tensor)
 
-    def input_gradient(self, loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Gradient of the summed per-sample loss with respect to the input only (never the parameters)."""
+    @staticmethod
+    def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gradient of ``loss.sum()`` with respect to ``x`` only (the model's parameters get no ``.grad``)."""
         message = (
             "The model's output is not differentiable with respect to its input: is it run under "
             "torch.no_grad() or does it detach its input? Attacks need input gradients."
@@ -294,7 +361,7 @@ class Attack:
         comparisons and copies, never a graph.
         """
         with torch.inference_mode():
-            logits = self.forward(x)
+            logits = self.call_model(x)
             return state.objective.loss(logits, idx).double(), state.objective.success(logits, idx)
 
     def generators(self, state: AttackState, idx: torch.Tensor, stream: int) -> List[torch.Generator]:
@@ -306,57 +373,75 @@ class Attack:
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: Optional[torch.Tensor],
-        mask: Optional[torch.Tensor],
+        target: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        loss_mask: Optional[torch.Tensor] = None,
         need_clean: bool = True,
     ) -> AttackState:
         keys = sample_keys(x)
         seed = resolve_seed(self.seed)
-        first = None if need_clean else self._first_point_without_clean_pass(x, mask, keys, seed)
-        keep_graph = first is not None or self._clean_pass_needs_grad()
-        if keep_graph:  # the first step's pass: its graph gives the first gradient
-            x_with_grad = (x.clone() if first is None else first.detach()).requires_grad_(True)
-            clean_logits = self.forward(x_with_grad)
-        else:
-            x_with_grad = None
-            with torch.inference_mode():
-                clean_logits = self.forward(x)
-            clean_logits = clean_logits.clone()  # a normal tensor: later steps may index it under autograd
-        detached = clean_logits.detach()
+        logits, first = self._clean_pass(x, mask, keys, seed, need_clean)
+        detached = logits.detach()
         check_logits(detached)
+        clean_logits = detached if first is None or first.clean else None
         task = infer_task(self.task, detached, y)
         labels = prepare_labels(task, y, detached, "y")
-        if looks_like_probabilities(task, detached):
+        if clean_logits is not None and looks_like_probabilities(task, clean_logits):
             warnings.warn(
                 "The model's outputs look like probabilities (all in [0, 1]); attacks expect logits. Remove the "
                 "final softmax/sigmoid, or the attack may be weakened by vanishing gradients.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         targets = None
         if target is not None:
             targets = prepare_labels(task, target, detached, "target")
         elif isinstance(self.targeted, str):
             gens = sample_generators(keys, seed, TARGET_STREAM, x.device) if self.targeted == "random" else []
-            targets = choose_targets(self.targeted, task, labels, detached, gens)
-        loss = self._objective_loss(detached.shape[1])
-        objective = Objective(task, loss, labels, targets, detached, self.kappa, self.seg_success_ratio)
-        everyone = slice(None)
-        with torch.no_grad():
-            clean_loss = objective.loss(detached, everyone)
-            clean_success = objective.success(detached, everyone)
-        return AttackState(
-            x=x,
-            mask=mask,
-            objective=objective,
-            keys=keys,
-            seed=seed,
-            clean_logits=clean_logits,
-            clean_loss=clean_loss,
-            clean_success=clean_success,
-            x_with_grad=x_with_grad,
-            clean_pass_skipped=first is not None,
+            targets = choose_targets(self.targeted, task, labels, clean_logits, gens)
+        loss, notes = self._objective_loss(detached.shape[1])
+        objective = self.objective(
+            task,
+            labels,
+            targets,
+            clean_logits,
+            loss=loss,
+            kappa=self.kappa,
+            seg_success_ratio=self.seg_success_ratio,
+            loss_mask=self._loss_mask(loss_mask, mask, labels, task),
+            loss_kwargs=self.loss_kwargs,
+            num_classes=detached.shape[1],
         )
+        clean_loss = clean_success = None
+        if clean_logits is not None:
+            with torch.no_grad():
+                clean_loss = objective.loss(clean_logits, slice(None))
+                clean_success = objective.success(clean_logits, slice(None))
+        return AttackState(
+            x, y, mask, objective, keys, seed, clean_logits, clean_loss, clean_success, first, target, loss_mask, notes
+        )
+
+    def _loss_mask(
+        self, loss_mask: Optional[torch.Tensor], mask: Optional[torch.Tensor], labels: torch.Tensor, task: str
+    ) -> Optional[torch.Tensor]:
+        """The loss mask (N, *spatial) of the labels' shape, as 0/1 in float: given, or the perturbation mask."""
+        if loss_mask is None and not (self.loss_in_mask and mask is not None):
+            return None
+        if task != "segmentation":
+            raise ValueError(f"`loss_mask` and `loss_in_mask` restrict the voxel loss of segmentation, not {task}.")
+        region = loss_mask
+        if region is None:  # the perturbation mask (N, C, *spatial): a voxel counts if any channel may change
+            region = mask.amax(dim=1)
+        elif region.ndim == labels.ndim + 1 and region.shape[1] == 1:
+            region = region[:, 0]
+        try:
+            region = torch.broadcast_to(region, labels.shape)
+        except RuntimeError as e:
+            raise ValueError(
+                f"`loss_mask` of shape {tuple(region.shape)} does not match the label map {tuple(labels.shape)}; "
+                "expected (N, *spatial) or (N, 1, *spatial) of the model's output size."
+            ) from e
+        return (region != 0).float()
 
 
 def _like_input(x_in: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:

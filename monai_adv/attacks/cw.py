@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable
 
 import torch
 
@@ -27,58 +27,23 @@ class CW(PGD):
     (high-confidence examples, e.g. for transfer).
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0).
+        model: the model under attack.
         steps: number of gradient steps.
-        alpha: step size; default ``eps / 4``.
         kappa: confidence: the margin stops rewarding the attack beyond ``kappa``.
-        norm: "Linf" or "L2".
-        value_range: ``(lo, hi)`` or None.
         random_start: start from a random point of the ball instead of the clean input.
-        restarts: number of random restarts.
-        targeted: False, True, "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
-        best_iterate: return each sample's best iterate (default) or the last.
-        early_stop: stop attacking a sample once it is misclassified.
-        seed: seed of the per-sample random starts.
+        kwargs: the other arguments of :class:`~monai_adv.attacks.PGD` and :class:`~monai_adv.attacks.Attack`
+            (the loss is the margin).
     """
 
     name = "cw"
+    fixed_arguments = ("loss",)
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         steps: int = 30,
-        alpha: Optional[float] = None,
         kappa: float = 50.0,
-        norm: str = "Linf",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         random_start: bool = False,
-        restarts: int = 1,
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        seg_success_ratio: float = 0.5,
-        best_iterate: bool = True,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            norm=norm,
-            loss="cw",
-            value_range=value_range,
-            random_start=random_start,
-            restarts=restarts,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
-            best_iterate=best_iterate,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, steps=steps, kappa=kappa, random_start=random_start, loss="cw", **kwargs)

@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.active import ActiveSet, BestIterate
+from monai_adv.attacks.base import Attack, AttackState
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import clip_to_range
+from monai_adv.attacks.tasks import as_two_logits, rank_other_classes
 from monai_adv.attacks.validation import check_int, check_positive
 
 __all__ = ["FAB", "hyperplane_projection"]
@@ -76,48 +78,33 @@ class FAB(Attack):
     the new point. Classification only; a single binary logit is read as the two logits [0, z].
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0); also the radius of the random starts of later restarts.
+        model: the model under attack.
         steps: iterations per target class and restart.
-        norm: "Linf" or "L2".
         target_classes: how many target classes to try (default 9), capped at classes - 1.
-        value_range: ``(lo, hi)`` or None.
         restarts: runs per target; all but the first start at a random point within ``eps / 2``.
         alpha_max: largest weight of the clean input's projection.
         eta: overshoot of the projection step.
         beta: backward step towards the clean input after a success.
-        early_stop: stop attacking a sample once it has an adversarial example within ``eps``.
-        seed: seed of the per-sample random starts.
+        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps, also the radius of the random
+            starts of later restarts; norm; value_range; early_stop; seed). The task is classification,
+            untargeted; the loss reported is the margin.
     """
 
     name = "fab_t"
+    fixed_arguments = ("loss", "task", "kappa", "targeted", "seg_success_ratio", "loss_kwargs", "objective")
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         steps: int = 100,
-        norm: str = "Linf",
         target_classes: int = 9,
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         restarts: int = 1,
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            norm=norm,
-            loss="cw",
-            value_range=value_range,
-            task="classification",
-            kappa=1e12,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, loss="cw", task="classification", kappa=1e12, **kwargs)
         self.steps = check_int(steps, "steps")
         self.target_classes = check_int(target_classes, "target_classes")
         self.restarts = check_int(restarts, "restarts")
@@ -132,13 +119,10 @@ class FAB(Attack):
         flat = delta.flatten(1)
         return flat.abs().amax(dim=1) if self.norm == "Linf" else flat.norm(dim=1)
 
-    def _two_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
-
     def _boundary(self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor):
         """``z_t - z_y`` at ``x`` and its input gradient: one forward, one backward."""
         x = x.detach().requires_grad_(True)
-        logits = self._two_logits(self.forward(x))
+        logits = as_two_logits(self.call_model(x))
         diff = (logits.gather(1, targets[:, None]) - logits.gather(1, labels[:, None]))[:, 0]
         return diff.detach(), self.input_gradient(diff, x)
 
@@ -148,69 +132,69 @@ class FAB(Attack):
             return -big, big
         return self.value_range[0] - point, self.value_range[1] - point
 
+    def _start(self, state: AttackState, idx: torch.Tensor, x0: torch.Tensor, mask, stream: int) -> torch.Tensor:
+        """The clean input for the first restart; a random point within ``eps / 2`` for the later ones."""
+        if not stream % self.restarts:
+            return x0.clone()
+        generators = self.generators(state, idx, stream)
+        noise = torch.stack([2 * torch.rand(x0.shape[1:], generator=g, device=x0.device) - 1 for g in generators])
+        noise = noise.to(x0.dtype) if mask is None else noise.to(x0.dtype) * mask
+        scale = 0.5 * self.eps / self._norms(noise).clamp_min(1e-12)
+        return clip_to_range(x0 + noise * scale.reshape(-1, *[1] * (x0.ndim - 1)), self.value_range)
+
+    def _step(self, s: ActiveSet, diff: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The next point: the convex combination of the boundary projections of the current and clean points."""
+        x1, x0 = s.x1, s.x0
+        if s.mask is not None:
+            grad = grad * s.mask
+        n, w = x1.shape[0], grad.flatten(1)
+        # hyperplane <w, z - x1> = -diff, projected from the current point and from the clean input
+        c1 = -diff
+        c2 = -diff - (w * (x0 - x1).flatten(1)).sum(dim=1)
+        lo1, hi1 = self._bounds(x1)
+        lo0, hi0 = self._bounds(x0)
+        d = hyperplane_projection(
+            torch.cat([w, w]),
+            torch.cat([c1, c2]),
+            torch.cat([lo1.flatten(1), lo0.flatten(1)]),
+            torch.cat([hi1.flatten(1), hi0.flatten(1)]),
+            self.norm,
+        ).reshape(2 * n, *x1.shape[1:])
+        d1, d2 = d[:n], d[n:]
+        a = self._norms(d).clamp_min(1e-8)
+        alpha = (a[:n] / (a[:n] + a[n:])).clamp(0.0, self.alpha_max).reshape(-1, *[1] * (x1.ndim - 1))
+        x1 = clip_to_range((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha, self.value_range)
+        return x1 if s.mask is None else torch.where(s.mask > 0, x1, x0)
+
     def _run(self, state: AttackState, objective: Objective, idx: torch.Tensor, targets, stream: int, best):
         x0 = state.x[idx]
         mask = None if state.mask is None else state.mask[idx]
-        labels = objective.labels[idx]
-        x1 = x0.clone()
-        if stream % self.restarts:  # later restarts start at a random point within eps / 2
-            generators = self.generators(state, idx, stream)
-            noise = torch.stack([2 * torch.rand(x0.shape[1:], generator=g, device=x0.device) - 1 for g in generators])
-            noise = noise.to(x0.dtype) if mask is None else noise.to(x0.dtype) * mask
-            scale = 0.5 * self.eps / self._norms(noise).clamp_min(1e-12)
-            x1 = clip_to_range(x0 + noise * scale.reshape(-1, *[1] * (x0.ndim - 1)), self.value_range)
+        s = ActiveSet(idx, x0=x0, mask=mask, labels=objective.labels[idx], targets=targets)
+        s.x1 = self._start(state, idx, x0, mask, stream)
         for _ in range(self.steps):
-            if idx.numel() == 0:
-                return
-            diff, grad = self._boundary(x1, labels, targets)
+            diff, grad = self._boundary(s.x1, s.labels, s.targets)
             with torch.no_grad():
-                if mask is not None:
-                    grad = grad * mask
-                n = x1.shape[0]
-                w = grad.flatten(1)
-                # hyperplane <w, z - x1> = -diff, projected from the current point and from the clean input
-                c1 = -diff
-                c2 = -diff - (w * (x0 - x1).flatten(1)).sum(dim=1)
-                lo1, hi1 = self._bounds(x1)
-                lo0, hi0 = self._bounds(x0)
-                d = hyperplane_projection(
-                    torch.cat([w, w]),
-                    torch.cat([c1, c2]),
-                    torch.cat([lo1.flatten(1), lo0.flatten(1)]),
-                    torch.cat([hi1.flatten(1), hi0.flatten(1)]),
-                    self.norm,
-                ).reshape(2 * n, *x1.shape[1:])
-                d1, d2 = d[:n], d[n:]
-                a = self._norms(d).clamp_min(1e-8)
-                alpha = (a[:n] / (a[:n] + a[n:])).clamp(0.0, self.alpha_max).reshape(-1, *[1] * (x1.ndim - 1))
-                x1 = clip_to_range((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha, self.value_range)
-                if mask is not None:
-                    x1 = torch.where(mask > 0, x1, x0)
-                logits = self.forward(x1)
-                success = objective.success(logits, idx)
-                inside = self._norms(x1 - x0) <= self.eps
-                best.update(idx[inside], x1[inside], objective.loss(logits, idx)[inside].double(), success[inside])
+                s.x1 = self._step(s, diff, grad)
+                logits = self.call_model(s.x1)
+                success = objective.success(logits, s.idx)
+                inside = self._norms(s.x1 - s.x0) <= self.eps
+                loss = objective.loss(logits, s.idx)[inside].double()
+                best.update(s.idx[inside], s.x1[inside], loss, success[inside])
                 if bool(success.any()):
-                    x1[success] = x0[success] + self.beta * (x1[success] - x0[success])
-                if self.early_stop:
-                    keep = ~best.success[idx]
-                    if not bool(keep.all()):
-                        idx, x0, x1, labels, targets = idx[keep], x0[keep], x1[keep], labels[keep], targets[keep]
-                        mask = None if mask is None else mask[keep]
+                    s.x1[success] = s.x0[success] + self.beta * (s.x1[success] - s.x0[success])
+                if self.early_stop and not s.keep(~best.success[s.idx]):
+                    return
 
     def _perturb(self, state: AttackState):
         best = BestIterate(state.x, state.clean_success)
-        if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss.double()
         objective = state.objective
-        logits = self._two_logits(state.clean_logits.detach().float())
-        ranked = logits.scatter(1, objective.labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+        ranked = rank_other_classes(state.clean_logits, objective.labels)
         todo = torch.arange(state.x.shape[0], device=state.x.device)
-        for rank in range(min(self.target_classes, logits.shape[1] - 1)):
+        for rank in range(min(self.target_classes, ranked.shape[1] - 1)):
             for restart in range(self.restarts):
                 if self.early_stop:
                     todo = todo[~best.success[todo]]
                 if todo.numel() == 0:
-                    return best.x, best.success, best.loss
+                    return state.result(best.x, best.success, best.loss)
                 self._run(state, objective, todo, ranked[todo, rank], rank * self.restarts + restart, best)
-        return best.x, best.success, best.loss
+        return state.result(best.x, best.success, best.loss)

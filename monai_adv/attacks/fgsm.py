@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -25,58 +25,36 @@ class FGSM(PGD):
     (Wong et al. 2020), projected back onto the eps-ball.
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0).
-        norm: "Linf" or "L2".
-        loss: "ce", "cw", "dlr" or "dice".
-        value_range: ``(lo, hi)`` or None.
-        targeted: False, True, "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        random_start: start from a random point of the ball.
+        model: the model under attack.
         alpha: step size; default ``eps``.
-        kappa: confidence cap of the "cw" loss.
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
+        random_start: start from a random point of the ball.
         best_iterate: keep the start point when it is better than the step (default False: always the step).
         early_stop: leave samples misclassified clean untouched (default False: perturb every sample).
-        seed: seed of the per-sample random starts.
+        kwargs: the other arguments of :class:`~monai_adv.attacks.PGD` and :class:`~monai_adv.attacks.Attack`
+            (one step, one restart).
     """
 
     name = "fgsm"
+    fixed_arguments = ("steps", "restarts")
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
-        norm: str = "Linf",
-        loss: str = "ce",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        random_start: bool = False,
         alpha: Optional[float] = None,
-        kappa: float = 0.0,
-        seg_success_ratio: float = 0.5,
+        random_start: bool = False,
         best_iterate: bool = False,
         early_stop: bool = False,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             model,
-            eps=eps,
             steps=1,
-            alpha=alpha,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            random_start=random_start,
             restarts=1,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
+            alpha=alpha,
+            random_start=random_start,
             best_iterate=best_iterate,
             early_stop=early_stop,
-            seed=seed,
+            **kwargs,
         )
         if alpha is None:
             self.alpha = self.eps

@@ -21,7 +21,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from monai_adv.attacks.tasks import as_two_logits
+
 __all__ = [
+    "kl_divergence",
     "cross_entropy",
     "cw_margin",
     "dlr",
@@ -32,11 +35,6 @@ __all__ = [
     "segmentation_margin",
     "soft_dice_loss",
 ]
-
-
-def _binary_logits_as_two(logits: torch.Tensor) -> torch.Tensor:
-    """Turn a single binary logit z (N, 1, ...) into the equivalent two-class logits [0, z]."""
-    return torch.cat([torch.zeros_like(logits), logits], dim=1)
 
 
 def _other_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,9 +82,7 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor, kappa: float = 0.0, ta
         kappa: confidence cap (>= 0); the attack stops pushing a sample once its margin reaches it.
         targeted: whether ``labels`` are target classes.
     """
-    if logits.shape[1] == 1:
-        logits = _binary_logits_as_two(logits)
-    other, true = _other_max(logits, labels)
+    other, true = _other_max(as_two_logits(logits), labels)
     margin = true - other if targeted else other - true
     return margin.clamp_max(kappa)
 
@@ -161,9 +157,7 @@ def segmentation_margin(
     mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Voxel-mean CW margin (see :func:`cw_margin`) of segmentation logits (N, K, *spatial)."""
-    if logits.shape[1] == 1:
-        logits = _binary_logits_as_two(logits)
-    other, true = _other_max(logits, labels)
+    other, true = _other_max(as_two_logits(logits), labels)
     margin = true - other if targeted else other - true
     return _masked_voxel_mean(margin.clamp_max(kappa), mask)
 
@@ -198,3 +192,14 @@ def soft_dice_loss(
     denominator = _sample_sum(probs, dims) + _sample_sum(onehot, dims)
     dice = (2.0 * intersection + smooth) / (denominator + smooth)
     return 1.0 - dice.mean(dim=1)
+
+
+def kl_divergence(logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``KL(softmax(clean_logits) || softmax(logits))`` of classification logits (N, K).
+
+    How far the prediction moved from the clean one, whatever the label: the inner maximization of TRADES
+    (Zhang et al. 2019) and HAT. A single logit (K == 1) is read as the two logits [0, z].
+    """
+    log_p = F.log_softmax(as_two_logits(logits), dim=1)
+    clean = F.softmax(as_two_logits(clean_logits).to(log_p.dtype), dim=1)
+    return _sample_sum(F.kl_div(log_p, clean, reduction="none"), 1)

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackState, BestIterate
-from monai_adv.attacks.projections import ascent_step, clip_to_range, project, random_start
+from monai_adv.attacks.active import ActiveSet, BestIterate
+from monai_adv.attacks.base import Attack, AttackState, FirstPass
+from monai_adv.attacks.objective import reads_clean_logits
+from monai_adv.attacks.projections import ascent_step, clip_to_range, gaussian_start, project, random_start
 from monai_adv.attacks.seeding import sample_generators
 from monai_adv.attacks.validation import check_int, check_positive
 
@@ -24,28 +26,27 @@ class PGD(Attack):
     """Projected gradient descent: ``steps`` ascent steps on the loss, each projected onto the eps-ball and range.
 
     L-inf takes sign steps, L2 normalized-gradient steps. The random start is uniform in the ball
-    (per coordinate for L-inf). With ``restarts`` > 1 each restart runs only on the samples not yet fooled
-    (with ``early_stop``) and each sample keeps its best point over all restarts.
+    (per coordinate for L-inf), or Gaussian with ``start_sigma``. With ``restarts`` > 1 each restart runs only on
+    the samples not yet fooled (with ``early_stop``) and each sample keeps its best point over all restarts.
+
+    Cost: ``steps`` forward and backward passes, plus the clean forward pass and, with ``best_iterate``, one
+    forward pass at the end. Called as ``attack(x, y)`` with a random start, no early exit and the last iterate
+    (adversarial training), nothing reads the clean prediction: the first iterate's pass takes the clean pass's
+    place. Without a random start, the clean pass keeps its graph and gives the first gradient.
 
     Args:
-        model: the model under attack (see :class:`~monai_adv.attacks.base.Attack`).
-        eps: budget (>= 0).
+        model: the model under attack.
         steps: number of gradient steps (>= 1).
         alpha: step size; default ``eps / 4``.
-        norm: "Linf" or "L2".
-        loss: "ce", "cw", "dlr" or "dice" (see :class:`~monai_adv.attacks.base.Attack`).
-        value_range: ``(lo, hi)`` or None.
         random_start: start at a random point of the ball (True) or at the clean input (False).
+        start_sigma: with ``random_start``, draw the start from N(0, start_sigma^2) per voxel (TRADES' 0.001),
+            projected onto the ball, instead of uniformly in the ball.
         restarts: number of random restarts (>= 1; > 1 needs ``random_start``).
-        targeted: False, True, "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        kappa: confidence cap of the "cw" loss.
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
         best_iterate: return each sample's best point (one that fools, else the highest loss) over all
             iterates, which costs one extra forward pass at the end. False returns the last iterate, as
             in the textbook algorithm and in adversarial training.
-        early_stop: stop attacking a sample as soon as it is fooled, and skip samples misclassified clean.
-        seed: seed of the per-sample random starts.
+        kwargs: the arguments of :class:`~monai_adv.attacks.Attack` (eps, norm, loss, value_range, targeted,
+            task, kappa, seg_success_ratio, early_stop, seed, ...).
 
     Example::
 
@@ -59,38 +60,19 @@ class PGD(Attack):
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         steps: int = 10,
         alpha: Optional[float] = None,
-        norm: str = "Linf",
-        loss: str = "ce",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         random_start: bool = True,
+        start_sigma: Optional[float] = None,
         restarts: int = 1,
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        kappa: float = 0.0,
-        seg_success_ratio: float = 0.5,
         best_iterate: bool = True,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, **kwargs)
         self.steps = check_int(steps, "steps")
         self.alpha = self.eps / 4 if alpha is None else check_positive(alpha, "alpha")
         self.random_start = bool(random_start)
+        self.start_sigma = None if start_sigma is None else check_positive(start_sigma, "start_sigma")
         self.restarts = check_int(restarts, "restarts")
         if self.restarts > 1 and not self.random_start:
             raise ValueError("`restarts` > 1 needs random_start=True: every restart from the clean input is the same.")
@@ -102,30 +84,41 @@ class PGD(Attack):
             f"loss={self.loss!r}, random_start={self.random_start}, restarts={self.restarts})"
         )
 
-    def _clean_pass_needs_grad(self) -> bool:
-        # without a random start the first step starts at the clean input: reuse the clean pass for its gradient
-        return not self.random_start and self.eps > 0
-
     def _evaluates_last(self) -> bool:
         return self.best_iterate or self.restarts > 1
 
-    def _first_point_without_clean_pass(self, x, mask, keys, seed):
-        # random start, every sample attacked, last iterate: nothing reads the clean prediction
-        reads_clean = self.early_stop or self._evaluates_last() or self.targeted == "least_likely"
-        if not self.random_start or reads_clean or self.eps == 0:
-            return None
-        return self._random_point(x, mask, sample_generators(keys, seed, 0, x.device))
+    def _reads_clean(self) -> bool:
+        """Whether the run reads the clean prediction (early exit, best point, least-likely target, KL loss)."""
+        return (
+            self.early_stop
+            or self._evaluates_last()
+            or self.targeted == "least_likely"
+            or reads_clean_logits(self.loss)
+        )
+
+    def _clean_pass(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], keys: List[bytes], seed: int, need_clean: bool
+    ) -> Tuple[torch.Tensor, Optional[FirstPass]]:
+        if self.eps > 0 and not self.random_start:  # the first step starts at the clean input: keep its graph
+            leaf = x.clone().requires_grad_(True)
+            logits = self.call_model(leaf)
+            return logits, FirstPass(leaf, logits, clean=True)
+        if self.eps > 0 and not need_clean and not self._reads_clean():  # the first iterate replaces the clean pass
+            leaf = self._random_point(x, mask, sample_generators(keys, seed, 0, x.device)).requires_grad_(True)
+            logits = self.call_model(leaf)
+            return logits, FirstPass(leaf, logits, clean=False)
+        return super()._clean_pass(x, mask, keys, seed, need_clean)
 
     def _random_point(self, x0: torch.Tensor, mask: Optional[torch.Tensor], generators) -> torch.Tensor:
-        delta = random_start(x0, self.eps, self.norm, mask, generators)
+        if self.start_sigma is None:
+            delta = random_start(x0, self.eps, self.norm, mask, generators)
+        else:
+            delta = project(gaussian_start(x0, self.start_sigma, mask, generators), self.eps, self.norm)
         return clip_to_range(x0 + delta, self.value_range)
 
     def _perturb(self, state: AttackState):
-        if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss.double()
-        n, device = state.x.shape[0], state.x.device
         best = BestIterate(state.x, state.clean_success)
-        todo = torch.arange(n, device=device)
+        todo = torch.arange(state.x.shape[0], device=state.x.device)
         for restart in range(self.restarts):
             if self.early_stop:
                 todo = todo[~best.success[todo]]
@@ -133,8 +126,8 @@ class PGD(Attack):
                 break
             self._run(state, todo, restart, best)
         if not self._evaluates_last():
-            return best.x, None, None
-        return best.x, best.success, best.loss
+            return state.result(best.x)
+        return state.result(best.x, best.success, best.loss)
 
     def _step(self, x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, mask: Optional[torch.Tensor]):
         if mask is not None:
@@ -144,48 +137,53 @@ class PGD(Attack):
             delta = delta * mask
         return clip_to_range(x0 + delta, self.value_range)
 
+    def _gradient(self, state: AttackState, active: ActiveSet, step: int, restart: int):
+        """Logits, loss and input gradient at the active samples' iterate (the first pass reused once)."""
+        objective, first = state.objective, state.first
+        if step == 0 and restart == 0 and first is not None:
+            state.first = None  # its graph is used once
+            logits = first.logits[active.idx]
+            loss = objective.loss(logits, active.idx)
+            return logits, loss, self.input_gradient(loss, first.x)[active.idx]
+        x_adv = active.x_adv.requires_grad_(True)
+        logits = self.call_model(x_adv)
+        loss = objective.loss(logits, active.idx)
+        return logits, loss, self.input_gradient(loss, x_adv)
+
     def _run(self, state: AttackState, idx: torch.Tensor, restart: int, best: BestIterate) -> None:
         """One restart of PGD on the samples ``idx``, offering its iterates to ``best``."""
         objective = state.objective
-        x0 = state.x[idx]
         mask = None if state.mask is None else state.mask[idx]
-        if state.clean_pass_skipped:  # the first point was drawn and evaluated in place of the clean pass
-            x_adv = state.x_with_grad.detach()[idx]
+        x0 = state.x[idx]
+        if state.first is not None and restart == 0:  # the first pass was run in the clean pass's place
+            x_adv = state.first.x.detach()[idx]
         elif self.random_start:
             x_adv = self._random_point(x0, mask, self.generators(state, idx, restart))
         else:
             x_adv = x0.clone()
+        active = ActiveSet(idx, x0=x0, x_adv=x_adv, mask=mask)
         track = self.best_iterate or self.early_stop
         for step in range(self.steps):
-            if step == 0 and state.x_with_grad is not None and restart == 0:
-                logits = state.clean_logits[idx]
-                loss = objective.loss(logits, idx)
-                grad = self.input_gradient(loss, state.x_with_grad)[idx]
-                state.x_with_grad = None  # the clean graph is used once
-            else:
-                x_adv.requires_grad_(True)
-                logits = self.forward(x_adv)
-                loss = objective.loss(logits, idx)
-                grad = self.input_gradient(loss, x_adv)
-            x_adv = x_adv.detach()
+            logits, loss, grad = self._gradient(state, active, step, restart)
+            active.x_adv = active.x_adv.detach()
             if track:
                 with torch.no_grad():
-                    success = objective.success(logits.detach(), idx)
+                    success = objective.success(logits.detach(), active.idx)
                 if self.best_iterate:
-                    best.update(idx, x_adv, loss.detach(), success)
+                    best.update(active.idx, active.x_adv, loss.detach(), success)
                 elif bool(success.any()):
-                    best.update(idx[success], x_adv[success], loss.detach()[success], success[success])
+                    best.update(active.idx[success], active.x_adv[success], loss.detach()[success], success[success])
                 if self.early_stop and bool(success.any()):
-                    keep = ~success
-                    idx, x_adv, grad, x0 = idx[keep], x_adv[keep], grad[keep], x0[keep]
-                    mask = None if mask is None else mask[keep]
-                    if idx.numel() == 0:
+                    active.grad = grad
+                    if not active.keep(~success):
                         return
+                    grad = active.grad
             with torch.no_grad():
-                x_adv = self._step(x_adv, grad, x0, mask)
+                active.x_adv = self._step(active.x_adv, grad, active.x0, active.mask)
         if self._evaluates_last():
             with torch.inference_mode():
-                logits = self.forward(x_adv)
-                best.update(idx, x_adv, objective.loss(logits, idx), objective.success(logits, idx))
+                logits = self.call_model(active.x_adv)
+                loss, success = objective.loss(logits, active.idx), objective.success(logits, active.idx)
+            best.update(active.idx, active.x_adv, loss, success)
         else:
-            best.overwrite(idx, x_adv)
+            best.overwrite(active.idx, active.x_adv)

@@ -61,6 +61,17 @@ def random_start(
     return (delta * _per_sample(radius, x.ndim)).to(x.dtype)
 
 
+def gaussian_start(
+    x: torch.Tensor, sigma: float, mask: Optional[torch.Tensor], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """A random perturbation per sample: N(0, sigma^2) per coordinate (TRADES' start, sigma 0.001), from each
+    sample's own generator."""
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=dtype) for g in generators])
+    delta = sigma * noise
+    return (delta if mask is None else delta * mask).to(x.dtype)
+
+
 def boundary_start(
     x: torch.Tensor, eps: float, norm: str, mask: Optional[torch.Tensor], generators: Sequence[torch.Generator]
 ) -> torch.Tensor:

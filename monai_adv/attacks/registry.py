@@ -4,21 +4,19 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Build attacks by name, for configs (MONAI bundles) and the command line."""
+"""Build attacks by name, for configs (MONAI bundles) and the command line.
+
+An attack's arguments are read from its whole class hierarchy: a subclass declares its own arguments and passes
+the others (``**kwargs``) to its parent, down to :class:`~monai_adv.attacks.Attack`; arguments a class sets itself
+(``fixed_arguments``) are not offered.
+"""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any, Callable, Dict, Tuple, Type
 
-from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack
-from monai_adv.attacks.cw import CW
-from monai_adv.attacks.fab import FAB
-from monai_adv.attacks.fgsm import FGSM
-from monai_adv.attacks.pgd import PGD
-from monai_adv.attacks.simba import SimBA
-from monai_adv.attacks.square import Square
 
 __all__ = [
     "register_attack",
@@ -27,6 +25,7 @@ __all__ = [
     "attack_class",
     "attack_defaults",
     "attack_arguments",
+    "class_arguments",
 ]
 
 _REGISTRY: Dict[str, Tuple[Type[Attack], Dict[str, Any]]] = {}
@@ -40,6 +39,9 @@ def register_attack(name: str, cls: Type[Attack], **preset: Any) -> None:
     """Register ``cls`` under ``name``, with keyword arguments ``preset`` applied before the caller's."""
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
         raise TypeError(f"`cls` must be a subclass of monai_adv.attacks.Attack, got {cls!r}.")
+    unknown = sorted(set(preset) - set(class_arguments(cls)))
+    if unknown:
+        raise TypeError(f"{cls.__name__} takes no argument(s) {unknown}.")
     _REGISTRY[_key(name)] = (cls, dict(preset))
 
 
@@ -76,35 +78,30 @@ def attack_class(name: str) -> Type[Attack]:
     return _lookup(name)[0]
 
 
+def class_arguments(cls: Type[Attack]) -> Dict[str, inspect.Parameter]:
+    """The keyword arguments ``cls`` accepts besides ``model``, read down its hierarchy (a subclass's default
+    wins), without the ones it sets itself."""
+    found: Dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or not issubclass(klass, Attack):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        for p in params:
+            if p.name not in ("self", "model") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                found.setdefault(p.name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return {k: p for k, p in found.items() if k not in cls.fixed_arguments}
+
+
 def attack_arguments(name: str) -> Tuple[str, ...]:
     """The keyword arguments the attack registered under ``name`` accepts (besides ``model``)."""
-    cls, _ = _lookup(name)
-    return tuple(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "model"))
+    return tuple(class_arguments(_lookup(name)[0]))
 
 
 def attack_defaults(name: str) -> Dict[str, Any]:
     """The default keyword arguments of a registered attack (with its preset), excluding ``model``."""
     cls, preset = _lookup(name)
-    defaults = {
-        k: p.default
-        for k, p in inspect.signature(cls.__init__).parameters.items()
-        if k not in ("self", "model") and p.default is not inspect.Parameter.empty
-    }
+    defaults = {k: p.default for k, p in class_arguments(cls).items() if p.default is not inspect.Parameter.empty}
     defaults.update(preset)
     return defaults
-
-
-register_attack("fgsm", FGSM)
-register_attack("pgd", PGD)
-register_attack("pgd_linf", PGD, norm="Linf")
-register_attack("pgd_l2", PGD, norm="L2")
-register_attack("cw", CW)
-register_attack("apgd", APGD)
-register_attack("apgd_ce", APGD, loss="ce")
-register_attack("apgd_dlr", APGD, loss="dlr")
-register_attack("apgd_t", APGDT)
-register_attack("fab_t", FAB)
-register_attack("square", Square)
-register_attack("simba", SimBA)
-register_attack("simba_dct", SimBA, basis="dct")
-register_attack("simba_pixel", SimBA, basis="pixel")

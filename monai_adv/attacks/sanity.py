@@ -13,7 +13,8 @@ from typing import Callable, List
 import torch
 
 from monai_adv.attacks.guard import model_dtype, model_state_guard
-from monai_adv.attacks.objective import Objective, infer_task, looks_like_probabilities, prepare_labels
+from monai_adv.attacks.objective import Objective
+from monai_adv.attacks.tasks import infer_task, looks_like_probabilities, prepare_labels
 
 __all__ = ["sanity_checks"]
 
@@ -41,7 +42,7 @@ def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str =
         logits = logits.as_subclass(torch.Tensor) if type(logits) is not torch.Tensor else logits
         task = infer_task(task, logits.detach(), y)
         labels = prepare_labels(task, y.to(x.device), logits.detach(), "y")
-        objective = Objective(task, "ce", labels, None, logits.detach())
+        objective = Objective(task, labels, clean_logits=logits.detach())
         if looks_like_probabilities(task, logits.detach()):
             found.append(
                 "The model's outputs look like probabilities, not logits: gradient attacks may be weakened "

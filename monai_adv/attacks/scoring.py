@@ -21,11 +21,12 @@ class _Scorer(Attack):
     """Evaluates given examples: one clean and one adversarial forward pass, no gradients."""
 
     def __init__(self, model: Callable, like: Attack, x_adv: torch.Tensor) -> None:
+        dlr = like.loss == "dlr"  # the scored model may have fewer classes: score with the cross-entropy
         super().__init__(
             model,
             eps=like.eps,
             norm=like.norm,
-            loss=like.loss if like.loss != "dlr" else "ce",
+            loss="ce" if dlr else like.loss,
             value_range=like.value_range,
             targeted=like.targeted,
             task=like.task,
@@ -33,6 +34,9 @@ class _Scorer(Attack):
             seg_success_ratio=like.seg_success_ratio,
             early_stop=False,
             seed=like.seed,
+            loss_kwargs=None if dlr else like.loss_kwargs,
+            loss_in_mask=like.loss_in_mask,
+            objective=like.objective,
         )
         self.x_adv = x_adv.detach().as_subclass(torch.Tensor)
 
@@ -40,8 +44,9 @@ class _Scorer(Attack):
         x_adv = self.x_adv.to(state.x.device, state.x.dtype)
         everyone = slice(None)
         with torch.inference_mode():
-            logits = self.forward(x_adv)
-            return x_adv, state.objective.success(logits, everyone), state.objective.loss(logits, everyone).double()
+            logits = self.call_model(x_adv)
+            loss, success = state.objective.loss(logits, everyone).double(), state.objective.success(logits, everyone)
+        return state.result(x_adv, success, loss)
 
 
 def score_examples(

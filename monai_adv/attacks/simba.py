@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.active import ActiveSet, BestIterate
+from monai_adv.attacks.base import Attack, AttackState
 from monai_adv.attacks.projections import clip_to_range, project
 from monai_adv.attacks.validation import check_choice, check_int, check_positive
 
@@ -48,59 +49,32 @@ class SimBA(Attack):
 
     Args:
         model: the model under attack (any callable returning logits; no gradients are needed).
-        eps: budget (>= 0) in ``norm``.
         queries: model evaluations per sample, including the clean pass (>= 1).
         basis: "dct" (SimBA-DCT) or "pixel".
         step: size of one move along a unit direction. Default: ``eps`` for the pixel basis in L-inf (a move
             sets one coordinate to the edge of the budget); otherwise 0.2 times the width of ``value_range``
             (the paper's step for images in [0, 1]), or ``eps`` when the range is None.
-        norm: "Linf" or "L2".
-        loss: "ce" (default), "cw", "dlr" or "dice".
-        value_range: ``(lo, hi)`` or None.
         freq_dims: width of the lowest frequency band tried first (DCT basis).
         stride: width of each further frequency band (DCT basis).
-        targeted: False, True, "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        kappa: confidence cap of the "cw" loss.
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
-        early_stop: stop querying a sample once it is fooled.
-        seed: seed of the per-sample direction orders.
+        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps in ``norm``, loss "ce" by default,
+            value_range, targeted, task, early_stop: stop querying a sample once it is fooled; seed of the
+            per-sample direction orders, ...).
     """
 
     name = "simba"
+    counts_queries = True
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         queries: int = 5000,
         basis: str = "dct",
         step: Optional[float] = None,
-        norm: str = "Linf",
-        loss: str = "ce",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         freq_dims: int = 8,
         stride: int = 4,
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        kappa: float = 0.0,
-        seg_success_ratio: float = 0.5,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, **kwargs)
         self.queries = check_int(queries, "queries", minimum=1)
         self.basis = check_choice(basis, "basis", ("dct", "pixel"))
         self.freq_dims = check_int(freq_dims, "freq_dims")
@@ -178,24 +152,22 @@ class SimBA(Attack):
         idx = torch.arange(n, device=device)
         if self.early_stop:
             idx = idx[~state.clean_success]
-        if self.eps == 0 or idx.numel() == 0 or self.queries < 2:
-            return best.x, best.success, best.loss, used
+        if idx.numel() == 0 or self.queries < 2:
+            return state.result(best.x, best.success, best.loss, used)
         iterations = min(self.queries - 1, math.prod(shape))
-        order = self._orders(shape, self.generators(state, idx, 0), device)[:, :iterations]
+        active = ActiveSet(idx, order=self._orders(shape, self.generators(state, idx, 0), device)[:, :iterations])
         for it in range(iterations):
-            active = used[idx] < self.queries
+            left = used[active.idx] < self.queries
             if self.early_stop:
-                active &= ~best.success[idx]
-            if not bool(active.all()):
-                idx, order = idx[active], order[active]
-            if idx.numel() == 0:
+                left &= ~best.success[active.idx]
+            if not active.keep(left):
                 break
-            q = self._directions(order[:, it], shape, state.x.dtype)
+            q = self._directions(active.order[:, it], shape, state.x.dtype)
             if state.mask is not None:
-                q = q * state.mask[idx]
+                q = q * state.mask[active.idx]
             # one query: the move against q; a second one, along q, for the samples it did not help
-            taken = self._try(state, best, used, idx, -self.step * q)
-            rest = ~taken & (used[idx] < self.queries)
+            taken = self._try(state, best, used, active.idx, -self.step * q)
+            rest = ~taken & (used[active.idx] < self.queries)
             if bool(rest.any()):
-                self._try(state, best, used, idx[rest], self.step * q[rest])
-        return best.x, best.success, best.loss, used
+                self._try(state, best, used, active.idx[rest], self.step * q[rest])
+        return state.result(best.x, best.success, best.loss, used)

@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackState, BestIterate
+from monai_adv.attacks.active import ActiveSet, BestIterate, is_better
+from monai_adv.attacks.base import Attack, AttackState
 from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.square_l2 import l2_propose, l2_start, l2_window_side
 from monai_adv.attacks.validation import check_int, check_positive
@@ -83,53 +84,28 @@ class Square(Attack):
 
     Args:
         model: the model under attack (any callable returning logits; no gradients are needed).
-        eps: L-inf budget (>= 0).
         queries: model evaluations per sample, including the clean pass and the start (>= 2).
-        norm: "Linf" or "L2".
         loss: "cw" (the margin loss of the paper, default), "ce", or "dice" for segmentation.
-        value_range: ``(lo, hi)`` or None.
         p_init: initial fraction of the image covered by a window.
         rescale_schedule: stretch the p schedule to ``queries`` (the paper's schedule is for 10,000).
-        targeted: False, True, "least_likely" or "random".
-        task: "auto", "classification", "multilabel" or "segmentation".
-        kappa: confidence cap of the "cw" loss.
-        seg_success_ratio: segmentation goal (see :class:`~monai_adv.attacks.base.Attack`).
-        early_stop: stop querying a sample once it is fooled (the paper's rule).
-        seed: seed of the per-sample random streams.
+        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps, norm "Linf" or "L2",
+            value_range, targeted, task, kappa, seg_success_ratio, early_stop: stop querying a sample once it is
+            fooled, the paper's rule; seed of the per-sample random streams).
     """
 
     name = "square"
+    counts_queries = True
 
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        eps: float = 8 / 255,
         queries: int = 5000,
-        norm: str = "Linf",
         loss: str = "cw",
-        value_range: Optional[Sequence[float]] = (0.0, 1.0),
         p_init: float = 0.8,
         rescale_schedule: bool = False,
-        targeted: Union[bool, str] = False,
-        task: str = "auto",
-        kappa: float = 0.0,
-        seg_success_ratio: float = 0.5,
-        early_stop: bool = True,
-        seed: Optional[int] = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            eps=eps,
-            norm=norm,
-            loss=loss,
-            value_range=value_range,
-            targeted=targeted,
-            task=task,
-            kappa=kappa,
-            seg_success_ratio=seg_success_ratio,
-            early_stop=early_stop,
-            seed=seed,
-        )
+        super().__init__(model, loss=loss, **kwargs)
         self.queries = check_int(queries, "queries", minimum=2)
         self.p_init = check_positive(p_init, "p_init")
         if self.p_init > 1:
@@ -161,14 +137,12 @@ class Square(Attack):
     def _perturb(self, state: AttackState):
         n, device = state.x.shape[0], state.x.device
         used = torch.ones(n, dtype=torch.long, device=device)  # the clean pass
-        if self.eps == 0:
-            return state.x, state.clean_success, state.clean_loss.double(), used
         best = BestIterate(state.x, state.clean_success)
         idx = torch.arange(n, device=device)
         if self.early_stop:
             idx = idx[~state.clean_success]
         if idx.numel() == 0:
-            return best.x, best.success, best.loss, used
+            return state.result(best.x, best.success, best.loss, used)
         generators = self.generators(state, idx, 0)
         mask = None if state.mask is None else state.mask[idx]
         x_start = self._start(state.x[idx], generators, mask)
@@ -181,33 +155,31 @@ class Square(Attack):
         search = _ActiveSearch(best, idx, state.x[idx], mask, self.eps, self.norm, self.value_range)
         iterations = self.queries - 2
         for it in range(iterations):
-            if self.early_stop and bool(search.success.any()):
-                keep = search.drop_fooled()
-                uniforms.keep(keep)
-            if search.idx.numel() == 0:
+            if self.early_stop and bool(search.rows.success.any()):
+                uniforms.keep(search.drop_fooled())
+            if not search.rows:
                 break
             fraction = square_fraction(self.p_init, it, iterations, self.rescale_schedule)
             proposal = search.propose(uniforms.draw(), fraction)
-            loss, success = self.query(state, proposal, search.idx)
+            loss, success = self.query(state, proposal, search.rows.idx)
             search.offer(proposal, loss, success)
-            used[search.idx] += 1
+            used[search.rows.idx] += 1
         search.write_back()
-        return best.x, best.success, best.loss, used
+        return state.result(best.x, best.success, best.loss, used)
 
 
 class _ActiveSearch:
-    """The samples still searched, in compact tensors, with their best point, loss and success so far.
+    """The samples still searched, as an :class:`ActiveSet` of compact rows (clean point, best point, its loss and
+    success, and in L-inf the box every coordinate must stay in), handed back to the :class:`BestIterate` when
+    they leave.
 
     Working on the active rows only (and, in L-inf, on each sample's window only) keeps a query's own cost
-    small next to the model's forward pass; rows go back to the :class:`BestIterate` when they leave.
+    small next to the model's forward pass.
     """
 
     def __init__(self, best: BestIterate, idx, x0, mask, eps: float, norm: str, value_range) -> None:
-        self.best, self.idx, self.x0, self.mask = best, idx, x0, mask
-        self.eps, self.norm, self.value_range = eps, norm, value_range
-        self.x = best.x[idx]
-        self.loss = best.loss[idx]
-        self.success = best.success[idx]
+        self.best, self.eps, self.norm, self.value_range = best, eps, norm, value_range
+        self.rows = ActiveSet(idx, x0=x0, mask=mask, x=best.x[idx], loss=best.loss[idx], success=best.success[idx])
         self.spatial = tuple(x0.shape[2:])
         if norm == "Linf":
             # the box every coordinate must stay in: the eps-ball, the value range, and x0 where the mask is 0
@@ -216,7 +188,7 @@ class _ActiveSearch:
                 lo, hi = lo.clamp_min(value_range[0]), hi.clamp_max(value_range[1])
             if mask is not None:
                 lo, hi = torch.where(mask > 0, lo, x0), torch.where(mask > 0, hi, x0)
-            self.lower, self.upper = lo.flatten(2), hi.flatten(2)
+            self.rows.lower, self.rows.upper = lo.flatten(2), hi.flatten(2)
             # window corners and positions as flat indices into the (N, C, prod(spatial)) view
             self.sizes = torch.tensor(self.spatial, device=x0.device)
             strides = [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))]
@@ -226,55 +198,52 @@ class _ActiveSearch:
     def _window_offsets(self, side: int) -> torch.Tensor:
         """Flat offsets (side ** dims,) of a window's positions from its corner (cached per side)."""
         if side != self._offsets_side:
-            grids = torch.meshgrid(*[torch.arange(side, device=self.x0.device)] * len(self.spatial), indexing="ij")
+            device = self.sizes.device
+            grids = torch.meshgrid(*[torch.arange(side, device=device)] * len(self.spatial), indexing="ij")
             self._offsets = sum(g.flatten() * int(s) for g, s in zip(grids, self.strides.tolist()))
             self._offsets_side = side
         return self._offsets
 
     def propose(self, uniforms: torch.Tensor, fraction: float) -> torch.Tensor:
         """One proposal per active sample around its best point, inside the budget and the value range."""
+        r = self.rows
         if self.norm == "L2":
             side = l2_window_side(fraction, self.spatial)
-            delta = l2_propose(self.x0, self.x, uniforms, side, self.eps, self.mask)
-            return clip_to_range(self.x0 + delta, self.value_range)
+            delta = l2_propose(r.x0, r.x, uniforms, side, self.eps, r.mask)
+            return clip_to_range(r.x0 + delta, self.value_range)
         # L-inf: move one window by +-2 eps (a random sign per channel), then back into the box: the window
         # goes to +-eps, as in the paper. Only the window's values are read and written.
-        n, channels, dims = self.x.shape[0], self.x.shape[1], len(self.spatial)
+        n, channels, dims = r.x.shape[0], r.x.shape[1], len(self.spatial)
         side = window_side(fraction, self.spatial)
         corners = (uniforms[:, :dims] * (self.sizes - side + 1)).floor().long().minimum(self.sizes - side)
         flat = (corners * self.strides).sum(dim=1, keepdim=True) + self._window_offsets(side)
         index = flat[:, None].expand(n, channels, -1)
         steps = torch.where(uniforms[:, 2 * dims : 2 * dims + channels] < 0.5, -2.0 * self.eps, 2.0 * self.eps)
-        x = self.x.flatten(2)
+        x = r.x.flatten(2)
         values = (x.gather(2, index) + steps[..., None].to(x.dtype)).clamp(
-            self.lower.gather(2, index), self.upper.gather(2, index)
+            r.lower.gather(2, index), r.upper.gather(2, index)
         )
-        return x.scatter(2, index, values).reshape(self.x.shape)
+        return x.scatter(2, index, values).reshape(r.x.shape)
 
     def offer(self, proposal: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
-        """Take each proposal that meets the goal first, or else raises the loss (the rule of BestIterate)."""
-        better = (success & ~self.success) | ((success == self.success) & (loss > self.loss))
-        self.x = torch.where(better.reshape(-1, *([1] * (proposal.ndim - 1))), proposal, self.x)
-        self.loss = torch.where(better, loss, self.loss)
-        self.success = torch.where(better, success, self.success)
+        """Take each proposal that beats the sample's best point (the rule of :func:`is_better`)."""
+        r = self.rows
+        better = is_better(success, loss, r.success, r.loss)
+        r.x = torch.where(better.reshape(-1, *([1] * (proposal.ndim - 1))), proposal, r.x)
+        r.loss = torch.where(better, loss, r.loss)
+        r.success = torch.where(better, success, r.success)
 
     def drop_fooled(self) -> torch.Tensor:
         """Hand the fooled samples back to the BestIterate and stop searching them; return the rows kept."""
-        self.write_back(self.success)
-        keep = ~self.success
-        for name in ("idx", "x0", "x", "loss", "success"):
-            setattr(self, name, getattr(self, name)[keep])
-        if self.mask is not None:
-            self.mask = self.mask[keep]
-        if self.norm == "Linf":
-            self.lower, self.upper = self.lower[keep], self.upper[keep]
+        self.write_back(self.rows.success)
+        keep = ~self.rows.success
+        self.rows.keep(keep)
         return keep
 
-    def write_back(self, rows: Optional[torch.Tensor] = None) -> None:
-        """Copy the search state of the active samples (or of ``rows`` among them) into the BestIterate."""
-        idx, x, loss, success = self.idx, self.x, self.loss, self.success
-        if rows is not None:
-            idx, x, loss, success = idx[rows], x[rows], loss[rows], success[rows]
-        self.best.x[idx] = x.to(self.best.x.dtype)
-        self.best.loss[idx] = loss.to(self.best.loss.dtype)
-        self.best.success[idx] = success
+    def write_back(self, which: Optional[torch.Tensor] = None) -> None:
+        """Copy the search state of the active samples (or of ``which`` among them) into the BestIterate."""
+        r = self.rows
+        if which is None:
+            self.best.set(r.idx, r.x, r.loss, r.success)
+        else:
+            self.best.set(r.idx[which], r.x[which], r.loss[which], r.success[which])

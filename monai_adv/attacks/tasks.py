@@ -11,6 +11,8 @@ One place for what every layer reads the same way: the attacks, the trainer, the
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from monai_adv.attacks.validation import as_index_labels
@@ -20,6 +22,7 @@ __all__ = [
     "TASKS",
     "TASK_CHOICES",
     "as_two_logits",
+    "choose_targets",
     "hard_dice",
     "infer_task",
     "looks_like_probabilities",
@@ -27,6 +30,7 @@ __all__ = [
     "prepare_labels",
     "rank_other_classes",
 ]
+
 
 def as_two_logits(logits: torch.Tensor) -> torch.Tensor:
     """A single binary logit z (N, 1, ...) as the equivalent two-class logits [0, z]; other logits as they are."""
@@ -155,3 +159,20 @@ def looks_like_probabilities(task: str, logits: torch.Tensor) -> bool:
         return bool(torch.allclose(logits.sum(dim=1), torch.ones_like(logits[:, 0]), atol=1e-3))
     # sigmoid outputs: a handful of small logits can all fall in [0, 1] by chance, so ask for enough values
     return logits.numel() >= 16
+
+
+def choose_targets(
+    mode: str, task: str, labels: torch.Tensor, clean_logits: torch.Tensor, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Target classes per sample for ``targeted="least_likely"`` or ``"random"`` (classification only)."""
+    if task != "classification":
+        raise ValueError(
+            f'`targeted`="{mode}" is defined for classification only; for {task} pass explicit targets with `target=`.'
+        )
+    k = clean_logits.shape[1]
+    if k <= 2:
+        return 1 - labels
+    if mode == "least_likely":
+        return clean_logits.argmin(dim=1)
+    offsets = [int(torch.randint(1, k, (1,), generator=g, device=g.device)) for g in generators]
+    return (labels + torch.tensor(offsets, device=labels.device)) % k

@@ -4,62 +4,91 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Transfer attacks: craft adversarial examples on a surrogate model, score them on a target model."""
+"""Transfer attacks: craft adversarial examples on a surrogate model, score them on the target model."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
-from monai_adv.attacks.base import Attack, AttackResult
-from monai_adv.attacks.scoring import score_examples
+from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.registry import attack_arguments, make_attack
 
 __all__ = ["TransferAttack"]
 
+_SHARED = ("eps", "norm", "value_range", "targeted", "task", "kappa", "seg_success_ratio", "seed", "loss_in_mask")
 
-class TransferAttack:
-    """Craft with ``attack`` on its (surrogate) model, then score the examples on ``target_model``.
+
+class TransferAttack(Attack):
+    """Craft with a ``source`` attack on a surrogate model, then score the examples on ``model`` (the target).
 
     This is the surrogate/target protocol of the benchmark: the target model is only evaluated, never
     differentiated, so it may be any callable returning logits (a black box). ``perturb`` returns the
-    surrogate's adversarial batch with ``success`` and ``clean_success`` measured on the target; the
-    surrogate's own result is kept in ``last_source_result``.
+    surrogate's adversarial batch with ``success``, ``loss`` and ``clean_success`` measured on the target; the
+    source attack's own result (on the surrogate) is ``result.details["source"]``.
 
     Args:
-        attack: an attack built on the surrogate model, e.g. ``PGD(surrogate, eps=4 / 255, steps=20)``.
-            High-confidence examples transfer better: ``CW(surrogate, kappa=50, early_stop=False)`` keeps
-            pushing past the surrogate's decision boundary.
-        target_model: the model the examples are scored on.
+        model: the target model the examples are scored on.
+        source: the attack on the surrogate: an attack built on it, e.g. ``PGD(surrogate, eps=4 / 255)`` (its
+            budget, norm, range, task and seed are this attack's), or a registered name, built on ``surrogate``
+            with this attack's arguments and ``source_kwargs``. High-confidence examples transfer better:
+            ``CW(surrogate, kappa=50, early_stop=False)`` keeps pushing past the surrogate's decision boundary.
+        surrogate: the model the examples are crafted on, when ``source`` is a name; default the target itself
+            (then the result equals the white-box source attack's: a check of the protocol, not a transfer).
+        source_kwargs: the source attack's own arguments, when ``source`` is a name (e.g. ``{"steps": 20}``).
+        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack`, when ``source`` is a name.
 
     Example::
 
-        transfer = TransferAttack(PGD(surrogate, eps=8 / 255, steps=20, early_stop=False), target)
+        transfer = TransferAttack(target, PGD(surrogate, eps=8 / 255, steps=20, early_stop=False))
+        transfer = make_attack("transfer", target, source="pgd", surrogate=surrogate, eps=8 / 255)
         result = transfer.perturb(x, y)
         robust_accuracy = 1 - result.success.float().mean()
     """
 
-    def __init__(self, attack: Attack, target_model: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        if not isinstance(attack, Attack):
-            raise TypeError(f"`attack` must be a monai_adv attack built on the surrogate, got {type(attack).__name__}.")
-        if attack.targeted == "least_likely":
+    name = "transfer"
+    fixed_arguments = ("early_stop",)
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        source: Union[Attack, str] = "pgd",
+        surrogate: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        source_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(source, Attack):
+            if surrogate is not None or source_kwargs or kwargs:
+                raise ValueError(
+                    "`source` is a built attack: configure it (its model is the surrogate); `surrogate`, "
+                    f"`source_kwargs` and {sorted(kwargs)} apply only when `source` is a name."
+                )
+            kwargs = {k: getattr(source, k) for k in _SHARED}
+            kwargs.update(loss=source.loss, loss_kwargs=source.loss_kwargs, objective=source.objective)
+            if kwargs["loss"] == "dlr":  # the target may have fewer classes: score with the cross-entropy
+                kwargs.update(loss="ce", loss_kwargs=None)
+        elif isinstance(source, str):
+            surrogate = model if surrogate is None else surrogate
+            given = {k: v for k, v in kwargs.items() if k in attack_arguments(source)}
+            source = make_attack(source, surrogate, **given, **(source_kwargs or {}))
+        else:
+            raise TypeError(f"`source` must be an attack or an attack name, got {type(source).__name__}.")
+        if source.targeted == "least_likely":
             raise ValueError(
-                '`attack` with targeted="least_likely" picks targets from the surrogate\'s outputs, which the target '
+                '`source` with targeted="least_likely" picks targets from the surrogate\'s outputs, which the target '
                 'model does not share; pass explicit targets (targeted=True) or targeted="random".'
             )
-        self.attack = attack
-        self.target_model = target_model
-        self.last_source_result: Optional[AttackResult] = None
+        super().__init__(model, **kwargs)
+        self.source = source
 
     def __repr__(self) -> str:
-        return f"TransferAttack({self.attack!r} -> {type(self.target_model).__name__})"
+        return f"TransferAttack({self.source!r} -> {type(self.model).__name__})"
 
-    def __call__(self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None):
-        return self.perturb(x, y, mask=mask, target=target).x_adv
-
-    def perturb(
-        self, x: torch.Tensor, y: Any, mask: Optional[Any] = None, target: Optional[Any] = None
-    ) -> AttackResult:
-        """Craft on the surrogate, score on the target. Arguments as :meth:`Attack.perturb`."""
-        self.last_source_result = self.attack.perturb(x, y, mask=mask, target=target)
-        return score_examples(self.attack, self.target_model, x, self.last_source_result.x_adv, y, mask, target)
+    def _perturb(self, state: AttackState):
+        crafted = self.source.perturb(state.x_input, state.y, state.mask, state.target, state.loss_mask)
+        x_adv = crafted.x_adv.as_subclass(torch.Tensor)
+        with torch.inference_mode():
+            logits = self.call_model(x_adv.to(state.x.dtype))
+            loss, success = state.objective.loss(logits, slice(None)), state.objective.success(logits, slice(None))
+        return state.result(x_adv, success, loss.double(), source=crafted)

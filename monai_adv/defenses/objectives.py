@@ -17,8 +17,9 @@ from torch import nn
 
 from monai_adv.attacks import FGSM, PGD, model_state_guard
 from monai_adv.attacks.guard import model_dtype
-from monai_adv.attacks.objective import Objective, infer_task, prepare_labels
+from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import ascent_step, clip_to_range, project
+from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import (
     check_choice,
     check_eps,
@@ -132,7 +133,7 @@ class Defense:
         if task not in self.tasks:
             raise ValueError(f"The {self.name} defense supports {tuple(self.tasks)}, not {task}.")
         labels = prepare_labels(task, targets, logits.detach(), "targets")
-        return Objective(task, self.loss, labels, None, logits.detach()).loss(logits, slice(None)).mean()
+        return Objective(task, labels, clean_logits=logits.detach(), loss=self.loss).loss(logits, slice(None)).mean()
 
     def _check_classification(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         task = infer_task(self.task, logits.detach(), targets)

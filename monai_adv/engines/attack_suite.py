@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from monai_adv.attacks import AutoAttack, available_attacks, make_attack
+from monai_adv.attacks import attack_arguments, available_attacks, make_attack
 from monai_adv.budgets import check_distinct_budgets, eps_label
 from monai_adv.defenses.objectives import survey_step
 
@@ -25,8 +25,6 @@ __all__ = [
     "check_distinct_budgets",
 ]
 
-AUTOATTACK = "autoattack"
-
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -34,7 +32,7 @@ class AttackSpec:
 
     Attributes:
         name: the label in reports ("pgd-20").
-        attack: a registered attack name (see ``monai-adv attacks``) or "autoattack".
+        attack: a registered attack name (see ``monai-adv attacks``), e.g. "pgd" or "autoattack".
         kwargs: keyword arguments of the attack, except ``eps``, which the suite sets. ``alpha="survey"`` gives
             the benchmark's PGD step for each budget (0.5/255 at 1 and 2/255, 1/255 at 4/255, 2/255 at 8/255).
     """
@@ -49,7 +47,7 @@ SURVEY_ATTACKS = (
     AttackSpec("fgsm", "fgsm"),
     AttackSpec("pgd-20", "pgd", {"steps": 20, "alpha": "survey", "random_start": True}),
     AttackSpec("cw-30", "cw", {"steps": 30, "kappa": 50.0, "alpha": "survey"}),
-    AttackSpec("autoattack", AUTOATTACK, {"version": "standard"}),
+    AttackSpec("autoattack", "autoattack", {"version": "standard"}),
 )
 #: with the survey's black-box attacks: Square (5000 queries) and SimBA-DCT
 FULL_SURVEY_ATTACKS = SURVEY_ATTACKS + (
@@ -69,7 +67,7 @@ def parse_attack_specs(attacks: Sequence[Union[str, Mapping[str, Any], AttackSpe
     if isinstance(attacks, (str, Mapping, AttackSpec)) or not isinstance(attacks, Sequence) or not attacks:
         raise ValueError(f"`attacks` must be a non-empty list of attack names or specifications, got {attacks!r}.")
     presets = {spec.name: spec for spec in FULL_SURVEY_ATTACKS}
-    known = set(available_attacks()) | {AUTOATTACK}
+    known = set(available_attacks())
     specs: List[AttackSpec] = []
     for item in attacks:
         if isinstance(item, AttackSpec):
@@ -110,8 +108,6 @@ def build_attack(
     kwargs = {"norm": norm, "value_range": value_range, "task": task, "seed": seed, **spec.kwargs}
     if kwargs.get("alpha") == "survey":
         kwargs["alpha"] = survey_step(eps) if eps > 0 else None
-    if spec.attack == AUTOATTACK:
-        return AutoAttack(model, eps=eps, **kwargs)
-    if early_stop is not None and "early_stop" not in spec.kwargs:
+    if early_stop is not None and "early_stop" not in spec.kwargs and "early_stop" in attack_arguments(spec.attack):
         kwargs["early_stop"] = early_stop
     return make_attack(spec.attack, model, eps=eps, **kwargs)

@@ -71,7 +71,7 @@ def test_attack_generation_leaves_batchnorm_statistics_alone(problem):
     net.train()
     before = snapshot(net)
     defense = make_defense("pgd_at", steps=2)
-    x_adv = defense._pgd(net, x, y)
+    x_adv = defense.inner_attack(net)(x, y)
     assert same_snapshot(before, snapshot(net))
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-7
 
@@ -228,3 +228,28 @@ def test_classification_objectives_reject_another_task_or_loss_at_construction(n
     with pytest.raises(ValueError, match=f"The {name} defense supports \\('classification',\\), not segmentation"):
         make_defense(name, task="segmentation", **kwargs)
     assert make_defense(name, task="classification", loss="ce", **kwargs).loss == "ce"
+
+
+@pytest.mark.parametrize("name", ["trades", "hat"])
+def test_kl_inner_attack_keeps_the_mask_the_budget_and_is_batch_independent(problem, name):
+    from tests.models import PerSample
+
+    net, x, y = problem
+    model = PerSample(net.double().eval())
+    x = x[:6].double()
+    kwargs = {"helper": TinyClassifier(2, 1, 3).double()} if name == "hat" else {}
+    attack = make_defense(name, eps=16 / 255, steps=5, **kwargs).inner_attack(model, seed=7)
+    roi = torch.zeros_like(x[:1])
+    roi[..., 4:12, 4:12] = 1
+    x_adv = attack(x, y[:6], mask=roi)
+    assert torch.equal(x_adv[..., roi[0, 0] == 0], x[..., roi[0, 0] == 0])  # outside the mask: untouched
+    inside = (x_adv - x)[..., roi[0, 0] == 1]
+    assert inside.abs().max() <= 16 / 255 and inside.abs().max() > 0
+    for i in range(6):  # a sample's example does not depend on the rest of its batch
+        alone = attack(x[i : i + 1], y[i : i + 1], mask=roi)
+        torch.testing.assert_close(alone[0], x_adv[i], rtol=0, atol=1e-12)
+    # the loss ascended is the KL divergence from the clean prediction: it grew
+    with torch.no_grad():
+        clean = F.softmax(net(x), dim=1)
+        kl = F.kl_div(F.log_softmax(net(x_adv), dim=1), clean, reduction="none").sum(dim=1)
+    assert (kl > 0).all()

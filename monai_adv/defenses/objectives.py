@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_adv.attacks import FGSM, PGD, model_state_guard
+from monai_adv.attacks import FGSM, PGD, Attack, model_state_guard
 from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.objective import Objective
-from monai_adv.attacks.projections import ascent_step, clip_to_range, project
+from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import (
     check_choice,
@@ -144,48 +144,40 @@ class Defense:
             raise ValueError(f"The {self.name} defense needs class logits (N, K >= 2), got a single logit.")
         return labels
 
-    def _pgd(self, network, inputs, targets, loss: str = "ce") -> torch.Tensor:
-        attack = PGD(
+    def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
+        """The attack that makes this defense's training examples on ``network`` (None: no attack).
+
+        It is an ordinary attack of :mod:`monai_adv.attacks` (per-sample random streams from ``seed``, the exact
+        budget, a ``mask`` when called with one), run on the network's eval view; a DDP or DataParallel wrapper is
+        unwrapped so that no collective is started outside training.
+        """
+        return PGD(
             _unwrap(network),
             eps=self.eps,
             steps=self.steps,
             alpha=self.alpha,
             norm=self.norm,
-            loss=loss,
+            loss=self.loss,
             value_range=self.value_range,
             task=self.task,
             random_start=True,
             best_iterate=False,
             early_stop=False,
-            seed=self.seed,
+            seed=seed,
         )
-        return attack(inputs.detach(), targets)
 
-    def _kl_attack(self, network, inputs: torch.Tensor) -> torch.Tensor:
-        """TRADES' inner maximization: sign steps on KL(f(x') || f(x)) from x + 0.001 N(0, 1), projected."""
-        model = _unwrap(network)
-        x = inputs.detach()
-        with model_state_guard(model) as model, torch.enable_grad():
-            with torch.no_grad():
-                clean = F.softmax(model(x), dim=1)
-            generator = None
-            if self.seed is not None:
-                generator = torch.Generator(device=x.device).manual_seed(self.seed)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_adv = clip_to_range(x + 0.001 * noise, self.value_range)
-            for _ in range(self.steps):
-                x_adv = x_adv.detach().requires_grad_(True)
-                kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), clean, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, x_adv)
-                moved = ascent_step(x_adv.detach(), grad, self.alpha, self.norm)
-                x_adv = clip_to_range(x + project(moved - x, self.eps, self.norm), self.value_range)
-        return x_adv.detach()
+    def _adversarial(self, network, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training examples of this call (the inner attack seeded with this call's seed)."""
+        return self.inner_attack(network, self.seed)(inputs.detach(), targets)
 
 
 class NaturalTraining(Defense):
     """Natural training (NAT): the task loss on clean inputs, no attack."""
 
     name = "nat"
+
+    def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
+        return None
 
     def objective(self, network, inputs, targets):
         logits = network(inputs)
@@ -201,8 +193,7 @@ class PGDAT(Defense):
     name = "pgd_at"
 
     def objective(self, network, inputs, targets):
-        x_adv = self._pgd(network, inputs, targets, loss=self.loss)
-        logits = network(x_adv)
+        logits = network(self._adversarial(network, inputs, targets))
         return self._criterion(logits, targets), {"clean": None, "adversarial": logits}
 
 
@@ -221,8 +212,8 @@ class FastAT(Defense):
             warnings.warn(f"fast_at takes one FGSM step: `steps`={steps} is ignored.", UserWarning, stacklevel=2)
         super().__init__(eps=eps, steps=1, alpha=1.25 * eps if alpha is None else alpha, **kwargs)
 
-    def objective(self, network, inputs, targets):
-        attack = FGSM(
+    def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
+        return FGSM(
             _unwrap(network),
             eps=self.eps,
             alpha=self.alpha,
@@ -231,9 +222,11 @@ class FastAT(Defense):
             value_range=self.value_range,
             task=self.task,
             random_start=True,
-            seed=self.seed,
+            seed=seed,
         )
-        logits = network(attack(inputs.detach(), targets))
+
+    def objective(self, network, inputs, targets):
+        logits = network(self._adversarial(network, inputs, targets))
         return self._criterion(logits, targets), {"clean": None, "adversarial": logits}
 
 
@@ -250,6 +243,25 @@ class TRADES(Defense):
         super().__init__(**kwargs)
         self.beta = check_eps(beta, "beta")
 
+    def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
+        """TRADES' inner maximization: sign steps on ``KL(f(x) || f(x'))`` (the "kl" loss, which reads the clean
+        prediction) from ``x + 0.001 N(0, 1)``, projected onto the eps-ball and the value range."""
+        return PGD(
+            _unwrap(network),
+            eps=self.eps,
+            steps=self.steps,
+            alpha=self.alpha,
+            norm=self.norm,
+            loss="kl",
+            value_range=self.value_range,
+            task="classification",
+            random_start=True,
+            start_sigma=0.001,
+            best_iterate=False,
+            early_stop=False,
+            seed=seed,
+        )
+
     def _kl_term(self, logits_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
 
@@ -259,7 +271,7 @@ class TRADES(Defense):
         natural = F.cross_entropy(logits, labels)
         if self.beta == 0:
             return natural, {"clean": logits, "adversarial": None}
-        logits_adv = network(self._kl_attack(network, inputs))
+        logits_adv = network(self._adversarial(network, inputs, labels))
         return natural + self.beta * self._kl_term(logits_adv, logits), {"clean": logits, "adversarial": logits_adv}
 
 
@@ -275,7 +287,7 @@ class MART(Defense):
         self.beta = check_eps(beta, "beta")
 
     def objective(self, network, inputs, targets):
-        x_adv = self._pgd(network, inputs, targets)
+        x_adv = self._adversarial(network, inputs, targets)
         logits, logits_adv = network(inputs), network(x_adv)
         labels = self._check_classification(logits, targets)
         probs_adv = F.softmax(logits_adv, dim=1)
@@ -313,7 +325,7 @@ class HAT(TRADES):
     def objective(self, network, inputs, targets):
         logits = network(inputs)
         labels = self._check_classification(logits, targets)
-        x_adv = self._kl_attack(network, inputs)
+        x_adv = self._adversarial(network, inputs, labels)
         x_helper = clip_to_range(inputs + self.h * (x_adv - inputs), self.value_range).detach()
         with model_state_guard(self.helper) as helper, torch.no_grad():
             helper_labels = helper(x_adv.to(model_dtype(self.helper) or x_adv.dtype)).argmax(dim=1)

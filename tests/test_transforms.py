@@ -13,7 +13,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, MetaTensor, ThreadDataLoader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
 
-from monai_adv.attacks import PGD
+from monai_adv.attacks import PGD, AutoAttack, attack_arguments, available_attacks
 from monai_adv.transforms import (
     AdversarialPerturb,
     AdversarialPerturbd,
@@ -27,6 +27,9 @@ from tests.models import TinyClassifier, TinySegmenter
 
 EPS = 8 / 255
 PGD_KWARGS = {"eps": EPS, "steps": 3}
+
+
+CHEAP = {"steps": 2, "queries": 10, "check": False, "target_classes": 2}
 
 
 @pytest.fixture
@@ -263,3 +266,24 @@ def test_compose_from_a_dicom_series_folder(tmp_path, net2d):
     ref = Compose(pipeline.transforms[:4])({"image": str(series), "label": 1})["image"]
     assert out.shape == (1, 16, 16) and out.meta["adversarial"]["attack"] == "pgd"
     assert 0 < float((out.as_tensor() - ref.as_tensor()).abs().max()) <= EPS + 1e-7
+
+
+@pytest.mark.parametrize("name", available_attacks())
+def test_every_registered_attack_works_by_name_in_the_dictionary_transform(net2d, name):
+    # composites (AutoAttack, transfer) included, with no special case
+    small = {"eps": 8 / 255, **{k: v for k, v in CHEAP.items() if k in attack_arguments(name)}}
+    transform = RandAdversarialPerturbd(
+        keys="image", label_key="label", network=net2d, attack=name, attack_kwargs=small
+    )
+    transform.set_random_state(seed=1)
+    image = MetaTensor(torch.rand(1, 16, 16), meta={"filename_or_obj": "slice.nii"})
+    out = transform({"image": image, "label": torch.tensor(2)})["image"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "slice.nii"
+    assert (out - image).abs().max() <= 8 / 255 + 1e-7
+
+
+def test_autoattack_instance_in_the_array_transform(net2d):
+    aa = AutoAttack(net2d, eps=8 / 255, steps=2, queries=10, check=False)
+    images, labels = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    out = RandAdversarialPerturb(net2d, aa, batched=True)(images, labels)
+    assert out.shape == images.shape and (out - images).abs().max() <= 8 / 255 + 1e-7

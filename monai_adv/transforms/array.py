@@ -20,7 +20,7 @@ from monai.transforms import RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 from torch import nn
 
-from monai_adv.attacks import Attack, make_attack
+from monai_adv.attacks import Attack, attack_arguments, make_attack
 
 __all__ = ["RandAdversarialPerturb", "AdversarialPerturb", "ADVERSARIAL_META_KEY"]
 
@@ -146,13 +146,14 @@ class RandAdversarialPerturb(RandomizableTransform):
 
     def _build(self, model: Callable) -> Attack:
         if isinstance(self.attack, Attack):
-            attack = copy.copy(self.attack)
-            if self.network is not None:
-                attack.model = model
+            attack = self.attack.with_model(model) if self.network is not None else copy.copy(self.attack)
             attack.seed = self._seed
             return attack
-        # a transform perturbs every sample it is applied to: no early stop unless asked for
-        kwargs = {"value_range": self.value_range, "early_stop": False, **self.attack_kwargs, "seed": self._seed}
+        # a transform perturbs every sample it is applied to: no early stop unless asked for (an attack that
+        # returns the per-sample worst case, such as AutoAttack, takes no such argument)
+        kwargs = {"value_range": self.value_range, **self.attack_kwargs, "seed": self._seed}
+        if "early_stop" in attack_arguments(self.attack):
+            kwargs.setdefault("early_stop", False)
         return make_attack(self.attack, model, **kwargs)
 
     def _model_and_device(self, img: torch.Tensor):

@@ -21,8 +21,8 @@ from tests.models import TinyClassifier, TinySegmenter
 SPATIAL = {1: (16,), 2: (8, 8), 3: (6, 6, 6)}
 TASKS = ("classification", "binary", "multilabel", "segmentation", "segmentation_binary")
 LOSSES = {
-    "classification": ("ce", "cw", "dlr"),
-    "binary": ("ce", "cw"),
+    "classification": ("ce", "cw", "dlr", "kl"),
+    "binary": ("ce", "cw", "kl"),
     "multilabel": ("ce", "cw"),
     "segmentation": ("ce", "cw", "dice"),
     "segmentation_binary": ("ce", "cw", "dice"),
@@ -68,7 +68,7 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 def problems(
     draw,
     dtype: torch.dtype = torch.float32,
-    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba"),
+    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack", "transfer"),
 ) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
@@ -102,6 +102,16 @@ def problems(
         mask = (torch.rand(shape, generator=g) > 0.5).float()
 
     kwargs: Dict[str, Any] = {"eps": eps, "norm": norm, "value_range": value_range, "seed": seed}
+    if attack == "autoattack":  # the composites: small settings of their parts
+        kwargs.update(version="standard", steps=draw(st.integers(1, 3)))
+        kwargs.update(queries=draw(st.integers(2, 10)), target_classes=draw(st.integers(1, 3)), check=False)
+        return Problem(model, x, y, mask, attack, kwargs, value_range)
+    if attack == "transfer":
+        surrogate, _ = build_model(task, dims, channels)  # another network of the same shape, a real transfer
+        source = draw(st.sampled_from(["pgd", "fgsm"]))
+        kwargs.update(surrogate=surrogate.to(dtype).eval(), source=source, loss=draw(st.sampled_from(LOSSES[task])))
+        kwargs["source_kwargs"] = {"steps": draw(st.integers(1, 3))} if source == "pgd" else {}
+        return Problem(model, x, y, mask, attack, kwargs, value_range)
     if attack not in ("cw", "fab_t"):
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
     if attack == "simba":

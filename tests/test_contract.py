@@ -68,7 +68,7 @@ def test_deterministic_for_a_seed(p):
     assert torch.equal(first, second)
 
 
-@given(problems(dtype=torch.float64, attacks=("pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba")))
+@given(problems(dtype=torch.float64, attacks=("pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack")))
 def test_independent_of_batch_composition(p):
     """Each sample's result is the same alone, in the batch and in the reversed batch.
 

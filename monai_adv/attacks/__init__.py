@@ -13,7 +13,7 @@ from monai_adv.attacks import losses
 from monai_adv.attacks.active import ActiveSet, BestIterate
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.autoattack import AutoAttack
-from monai_adv.attacks.base import Attack, AttackResult, AttackState
+from monai_adv.attacks.base import Attack, AttackResult, AttackState, QueryAttack
 from monai_adv.attacks.cw import CW
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
@@ -35,22 +35,26 @@ from monai_adv.attacks.square import Square
 from monai_adv.attacks.tasks import predict
 from monai_adv.attacks.transfer import TransferAttack
 
-register_attack("fgsm", FGSM)
-register_attack("pgd", PGD)
-register_attack("pgd_linf", PGD, norm="Linf")
-register_attack("pgd_l2", PGD, norm="L2")
-register_attack("cw", CW)
-register_attack("apgd", APGD)
-register_attack("apgd_ce", APGD, loss="ce")
-register_attack("apgd_dlr", APGD, loss="dlr")
-register_attack("apgd_t", APGDT)
-register_attack("fab_t", FAB)
-register_attack("square", Square)
-register_attack("simba", SimBA)
-register_attack("simba_dct", SimBA, basis="dct")
-register_attack("simba_pixel", SimBA, basis="pixel")
-register_attack("autoattack", AutoAttack)
-register_attack("transfer", TransferAttack)
+_BUILT_IN = (
+    ("fgsm", FGSM, {}),
+    ("pgd", PGD, {}),
+    ("pgd_linf", PGD, {"norm": "Linf"}),
+    ("pgd_l2", PGD, {"norm": "L2"}),
+    ("cw", CW, {}),
+    ("apgd", APGD, {}),
+    ("apgd_ce", APGD, {"loss": "ce"}),
+    ("apgd_dlr", APGD, {"loss": "dlr"}),
+    ("apgd_t", APGDT, {}),
+    ("fab_t", FAB, {}),
+    ("square", Square, {}),
+    ("simba", SimBA, {}),
+    ("simba_dct", SimBA, {"basis": "dct"}),
+    ("simba_pixel", SimBA, {"basis": "pixel"}),
+    ("autoattack", AutoAttack, {}),
+    ("transfer", TransferAttack, {}),
+)
+for _name, _cls, _preset in _BUILT_IN:
+    register_attack(_name, _cls, **_preset)
 
 __all__ = [
     "APGD",
@@ -68,6 +72,7 @@ __all__ = [
     "NAMED_LOSSES",
     "Objective",
     "PGD",
+    "QueryAttack",
     "SimBA",
     "Square",
     "TransferAttack",

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from monai_adv.attacks.active import ActiveSet, BestIterate
-from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.base import AttackState, IterativeAttack
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import ascent_step, boundary_start, clip_to_range, project
 from monai_adv.attacks.tasks import rank_other_classes
@@ -37,7 +37,7 @@ def apgd_checkpoints(steps: int) -> List[int]:
     return points
 
 
-class APGD(Attack):
+class APGD(IterativeAttack):
     """Auto-PGD: PGD whose step size adapts per sample, with momentum 0.75.
 
     Each sample starts at a random point on the surface of the eps-ball with step size ``2 * eps``. At the
@@ -49,12 +49,11 @@ class APGD(Attack):
 
     Args:
         model: the model under attack.
-        steps: iterations per restart (100 in the standard AutoAttack).
-        restarts: number of random restarts.
         rho: the fraction of loss-increasing steps below which the step size is halved.
         eot_iter: forward/backward passes averaged per step (expectation over transformation, for
             randomized models; 1 otherwise).
-        kwargs: the arguments of :class:`~monai_adv.attacks.Attack` (eps, norm, loss: "ce", "dlr"
+        kwargs: the arguments of :class:`~monai_adv.attacks.base.IterativeAttack` (``steps``, 100 in the standard
+            AutoAttack; ``restarts``) and :class:`~monai_adv.attacks.Attack` (eps, norm, loss: "ce", "dlr"
             (classification, >= 3 classes), "cw", "dice" (segmentation), ...).
 
     Example::
@@ -65,19 +64,9 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(
-        self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        steps: int = 100,
-        restarts: int = 1,
-        rho: float = 0.75,
-        eot_iter: int = 1,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, model: Callable, rho: float = 0.75, eot_iter: int = 1, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.steps = check_int(steps, "steps")
         self.eot_iter = check_int(eot_iter, "eot_iter")
-        self.restarts = check_int(restarts, "restarts")
         self.rho = check_positive(rho, "rho")
         if self.rho > 1:
             raise ValueError(f"`rho` must be in (0, 1], got {rho}.")

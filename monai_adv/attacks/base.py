@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
@@ -26,6 +27,7 @@ from monai_adv.attacks.validation import (
     check_choice,
     check_eps,
     check_input,
+    check_int,
     check_logits,
     check_mask,
     check_norm,
@@ -33,7 +35,17 @@ from monai_adv.attacks.validation import (
     check_value_range,
 )
 
-__all__ = ["ActiveSet", "Attack", "AttackResult", "AttackState", "BestIterate", "FirstPass"]
+__all__ = [
+    "ActiveSet",
+    "Attack",
+    "AttackResult",
+    "AttackState",
+    "BASE_ARGUMENTS",
+    "BestIterate",
+    "FirstPass",
+    "IterativeAttack",
+    "QueryAttack",
+]
 
 TARGET_STREAM = 2**32  # random stream of the random targets, apart from the restart streams 0, 1, ...
 
@@ -219,6 +231,11 @@ class Attack:
         loss = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "callable")
         return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, loss={loss!r})"
 
+    def settings(self) -> Dict[str, Any]:
+        """The arguments of :class:`Attack` this attack was built with (without ``model``), e.g. to build another
+        attack with the same budget, range, task, goal and seed."""
+        return {name: getattr(self, name) for name in BASE_ARGUMENTS}
+
     def with_model(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Attack:
         """A copy of this attack on another model (the instance itself is left as it is)."""
         if not callable(model):
@@ -227,14 +244,7 @@ class Attack:
         other.model = model
         return other
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        y: Any,
-        mask: Optional[Any] = None,
-        target: Optional[Any] = None,
-        loss_mask: Optional[Any] = None,
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: Any, mask: Any = None, target: Any = None, loss_mask: Any = None):
         """Return the adversarial batch for ``x`` (N, C, *spatial) with labels ``y``; see :meth:`perturb`.
 
         The same ``x_adv`` as ``perturb(...).x_adv``. Asked for ``x_adv`` alone, an attack whose run never reads
@@ -243,14 +253,7 @@ class Attack:
         """
         return self._attack(x, y, mask, target, loss_mask, need_clean=False).x_adv
 
-    def perturb(
-        self,
-        x: torch.Tensor,
-        y: Any,
-        mask: Optional[Any] = None,
-        target: Optional[Any] = None,
-        loss_mask: Optional[Any] = None,
-    ) -> AttackResult:
+    def perturb(self, x: torch.Tensor, y: Any, mask: Any = None, target: Any = None, loss_mask: Any = None):
         """Attack a batch and return the adversarial batch with per-sample outcomes.
 
         Args:
@@ -442,6 +445,48 @@ class Attack:
                 "expected (N, *spatial) or (N, 1, *spatial) of the model's output size."
             ) from e
         return (region != 0).float()
+
+
+#: the arguments every attack takes from :class:`Attack` (besides ``model``)
+BASE_ARGUMENTS = tuple(p for p in inspect.signature(Attack.__init__).parameters if p not in ("self", "model"))
+
+
+class IterativeAttack(Attack):
+    """Base of the attacks that iterate from a start point, possibly several times.
+
+    Args:
+        model: the model under attack.
+        steps: iterations per run (>= 1); the attacks that try several target classes run them per target.
+        restarts: runs per sample (>= 1), each from its own random start, only on the samples not yet fooled
+            (with ``early_stop``); each sample keeps its best point over all runs.
+        kwargs: the arguments of :class:`Attack`.
+    """
+
+    def __init__(
+        self, model: Callable[[torch.Tensor], torch.Tensor], steps: int = 100, restarts: int = 1, **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.steps = check_int(steps, "steps")
+        self.restarts = check_int(restarts, "restarts")
+
+
+class QueryAttack(Attack):
+    """Base of the score-based attacks: they need only the model's outputs, within a budget of ``queries`` model
+    evaluations per sample (the clean pass included), and count them exactly in ``result.queries``.
+
+    Args:
+        model: the model under attack (any callable returning logits; no gradients are needed).
+        queries: model evaluations per sample, including the clean pass (at least ``min_queries``).
+        kwargs: the arguments of :class:`Attack`.
+    """
+
+    counts_queries = True
+    #: the smallest query budget the attack can run with
+    min_queries = 1
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], queries: int = 5000, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.queries = check_int(queries, "queries", minimum=self.min_queries)
 
 
 def _like_input(x_in: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:

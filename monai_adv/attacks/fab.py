@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from monai_adv.attacks.active import ActiveSet, BestIterate
-from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.base import AttackState, IterativeAttack
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.tasks import as_two_logits, rank_other_classes
@@ -64,7 +64,7 @@ def hyperplane_projection(
     return direction * move
 
 
-class FAB(Attack):
+class FAB(IterativeAttack):
     """FAB-T: targeted fast adaptive boundary attack, as run by AutoAttack.
 
     For each of the ``target_classes`` most likely other classes, it linearizes the boundary between the true
@@ -79,14 +79,13 @@ class FAB(Attack):
 
     Args:
         model: the model under attack.
-        steps: iterations per target class and restart.
         target_classes: how many target classes to try (default 9), capped at classes - 1.
-        restarts: runs per target; all but the first start at a random point within ``eps / 2``.
         alpha_max: largest weight of the clean input's projection.
         eta: overshoot of the projection step.
         beta: backward step towards the clean input after a success.
-        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps, also the radius of the random
-            starts of later restarts; norm; value_range; early_stop; seed). The task is classification,
+        kwargs: the arguments of :class:`~monai_adv.attacks.base.IterativeAttack` (``steps`` per target class and
+            restart; ``restarts`` per target, all but the first from a random point within ``eps / 2``) and
+            :class:`~monai_adv.attacks.Attack` (eps, norm, value_range, early_stop, seed). The task is classification,
             untargeted; the loss reported is the margin.
     """
 
@@ -95,19 +94,15 @@ class FAB(Attack):
 
     def __init__(
         self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        steps: int = 100,
+        model: Callable,
         target_classes: int = 9,
-        restarts: int = 1,
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
-        **kwargs: Any,
+        **kwargs,
     ) -> None:
         super().__init__(model, loss="cw", task="classification", kappa=1e12, **kwargs)
-        self.steps = check_int(steps, "steps")
         self.target_classes = check_int(target_classes, "target_classes")
-        self.restarts = check_int(restarts, "restarts")
         self.alpha_max = check_positive(alpha_max, "alpha_max")
         self.eta = check_positive(eta, "eta")
         self.beta = check_positive(beta, "beta")

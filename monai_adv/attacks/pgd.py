@@ -13,16 +13,16 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from monai_adv.attacks.active import ActiveSet, BestIterate
-from monai_adv.attacks.base import Attack, AttackState, FirstPass
+from monai_adv.attacks.base import AttackState, FirstPass, IterativeAttack
 from monai_adv.attacks.objective import reads_clean_logits
 from monai_adv.attacks.projections import ascent_step, clip_to_range, gaussian_start, project, random_start
 from monai_adv.attacks.seeding import sample_generators
-from monai_adv.attacks.validation import check_int, check_positive
+from monai_adv.attacks.validation import check_positive
 
 __all__ = ["PGD"]
 
 
-class PGD(Attack):
+class PGD(IterativeAttack):
     """Projected gradient descent: ``steps`` ascent steps on the loss, each projected onto the eps-ball and range.
 
     L-inf takes sign steps, L2 normalized-gradient steps. The random start is uniform in the ball
@@ -41,11 +41,11 @@ class PGD(Attack):
         random_start: start at a random point of the ball (True) or at the clean input (False).
         start_sigma: with ``random_start``, draw the start from N(0, start_sigma^2) per voxel (TRADES' 0.001),
             projected onto the ball, instead of uniformly in the ball.
-        restarts: number of random restarts (>= 1; > 1 needs ``random_start``).
         best_iterate: return each sample's best point (one that fools, else the highest loss) over all
             iterates, which costs one extra forward pass at the end. False returns the last iterate, as
             in the textbook algorithm and in adversarial training.
-        kwargs: the arguments of :class:`~monai_adv.attacks.Attack` (eps, norm, loss, value_range, targeted,
+        kwargs: the arguments of :class:`~monai_adv.attacks.base.IterativeAttack` (``restarts``, > 1 needs
+            ``random_start``) and :class:`~monai_adv.attacks.Attack` (eps, norm, loss, value_range, targeted,
             task, kappa, seg_success_ratio, early_stop, seed, ...).
 
     Example::
@@ -64,16 +64,13 @@ class PGD(Attack):
         alpha: Optional[float] = None,
         random_start: bool = True,
         start_sigma: Optional[float] = None,
-        restarts: int = 1,
         best_iterate: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, **kwargs)
-        self.steps = check_int(steps, "steps")
+        super().__init__(model, steps=steps, **kwargs)
         self.alpha = self.eps / 4 if alpha is None else check_positive(alpha, "alpha")
         self.random_start = bool(random_start)
         self.start_sigma = None if start_sigma is None else check_positive(start_sigma, "start_sigma")
-        self.restarts = check_int(restarts, "restarts")
         if self.restarts > 1 and not self.random_start:
             raise ValueError("`restarts` > 1 needs random_start=True: every restart from the clean input is the same.")
         self.best_iterate = bool(best_iterate)

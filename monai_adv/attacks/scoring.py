@@ -21,23 +21,10 @@ class _Scorer(Attack):
     """Evaluates given examples: one clean and one adversarial forward pass, no gradients."""
 
     def __init__(self, model: Callable, like: Attack, x_adv: torch.Tensor) -> None:
-        dlr = like.loss == "dlr"  # the scored model may have fewer classes: score with the cross-entropy
-        super().__init__(
-            model,
-            eps=like.eps,
-            norm=like.norm,
-            loss="ce" if dlr else like.loss,
-            value_range=like.value_range,
-            targeted=like.targeted,
-            task=like.task,
-            kappa=like.kappa,
-            seg_success_ratio=like.seg_success_ratio,
-            early_stop=False,
-            seed=like.seed,
-            loss_kwargs=None if dlr else like.loss_kwargs,
-            loss_in_mask=like.loss_in_mask,
-            objective=like.objective,
-        )
+        settings = {**like.settings(), "early_stop": False}
+        if like.loss == "dlr":  # the scored model may have fewer classes: score with the cross-entropy
+            settings.update(loss="ce", loss_kwargs=None)
+        super().__init__(model, **settings)
         self.x_adv = x_adv.detach().as_subclass(torch.Tensor)
 
     def _perturb(self, state: AttackState):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
 from monai_adv.attacks.active import ActiveSet, BestIterate
-from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.base import AttackState, QueryAttack
 from monai_adv.attacks.projections import clip_to_range, project
 from monai_adv.attacks.validation import check_choice, check_int, check_positive
 
@@ -36,7 +36,7 @@ def dct_matrix(size: int, device: Union[str, torch.device] = "cpu", dtype: torch
     return _dct_matrix_cpu(size).to(device=device, dtype=dtype)
 
 
-class SimBA(Attack):
+class SimBA(QueryAttack):
     """SimBA: try ``x - step * q`` then ``x + step * q`` along one orthonormal direction ``q`` per iteration,
     and keep a move when it meets the goal or raises the loss (with the default cross-entropy: when the
     probability of the true class drops).
@@ -48,34 +48,30 @@ class SimBA(Attack):
     exactly, including the clean pass, and never exceeds ``queries``.
 
     Args:
-        model: the model under attack (any callable returning logits; no gradients are needed).
-        queries: model evaluations per sample, including the clean pass (>= 1).
+        model: the model under attack.
         basis: "dct" (SimBA-DCT) or "pixel".
         step: size of one move along a unit direction. Default: ``eps`` for the pixel basis in L-inf (a move
             sets one coordinate to the edge of the budget); otherwise 0.2 times the width of ``value_range``
             (the paper's step for images in [0, 1]), or ``eps`` when the range is None.
         freq_dims: width of the lowest frequency band tried first (DCT basis).
         stride: width of each further frequency band (DCT basis).
-        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps in ``norm``, loss "ce" by default,
-            value_range, targeted, task, early_stop: stop querying a sample once it is fooled; seed of the
-            per-sample direction orders, ...).
+        kwargs: the other arguments of :class:`~monai_adv.attacks.base.QueryAttack` (``queries``) and
+            :class:`~monai_adv.attacks.Attack` (``early_stop``: stop querying a sample once it is fooled; ``seed``
+            of the per-sample direction orders).
     """
 
     name = "simba"
-    counts_queries = True
 
     def __init__(
         self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        queries: int = 5000,
+        model: Callable,
         basis: str = "dct",
         step: Optional[float] = None,
         freq_dims: int = 8,
         stride: int = 4,
-        **kwargs: Any,
+        **kwargs,
     ) -> None:
         super().__init__(model, **kwargs)
-        self.queries = check_int(queries, "queries", minimum=1)
         self.basis = check_choice(basis, "basis", ("dct", "pixel"))
         self.freq_dims = check_int(freq_dims, "freq_dims")
         self.stride = check_int(stride, "stride")

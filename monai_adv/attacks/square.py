@@ -9,15 +9,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from monai_adv.attacks.active import ActiveSet, BestIterate, is_better
-from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.base import AttackState, QueryAttack
 from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.square_l2 import l2_propose, l2_start, l2_window_side
-from monai_adv.attacks.validation import check_int, check_positive
+from monai_adv.attacks.validation import check_positive
 
 __all__ = ["Square", "square_fraction", "window_side"]
 
@@ -68,7 +68,7 @@ class _PerSampleUniforms:
             self.buffer = self.buffer[keep]
 
 
-class Square(Attack):
+class Square(QueryAttack):
     """Square attack: random search over square (2D) or cube (3D) windows, L-inf or L2.
 
     It needs only the model's outputs, no gradients, so it sees through gradient masking. Each sample starts
@@ -83,30 +83,22 @@ class Square(Attack):
     uses at most ``queries`` evaluations; ``result.queries`` says how many it used.
 
     Args:
-        model: the model under attack (any callable returning logits; no gradients are needed).
-        queries: model evaluations per sample, including the clean pass and the start (>= 2).
+        model: the model under attack.
         loss: "cw" (the margin loss of the paper, default), "ce", or "dice" for segmentation.
         p_init: initial fraction of the image covered by a window.
         rescale_schedule: stretch the p schedule to ``queries`` (the paper's schedule is for 10,000).
-        kwargs: the other arguments of :class:`~monai_adv.attacks.Attack` (eps, norm "Linf" or "L2",
-            value_range, targeted, task, kappa, seg_success_ratio, early_stop: stop querying a sample once it is
-            fooled, the paper's rule; seed of the per-sample random streams).
+        kwargs: the other arguments of :class:`~monai_adv.attacks.base.QueryAttack` (``queries`` >= 2: the clean
+            pass and the start) and :class:`~monai_adv.attacks.Attack` (``early_stop``: stop querying a sample once
+            it is fooled, the paper's rule).
     """
 
     name = "square"
-    counts_queries = True
+    min_queries = 2
 
     def __init__(
-        self,
-        model: Callable[[torch.Tensor], torch.Tensor],
-        queries: int = 5000,
-        loss: str = "cw",
-        p_init: float = 0.8,
-        rescale_schedule: bool = False,
-        **kwargs: Any,
-    ) -> None:
+        self, model: Callable, loss: str = "cw", p_init: float = 0.8, rescale_schedule: bool = False, **kwargs
+    ):
         super().__init__(model, loss=loss, **kwargs)
-        self.queries = check_int(queries, "queries", minimum=2)
         self.p_init = check_positive(p_init, "p_init")
         if self.p_init > 1:
             raise ValueError(f"`p_init` must be in (0, 1], got {p_init}.")

@@ -17,8 +17,6 @@ from monai_adv.attacks.registry import attack_arguments, make_attack
 
 __all__ = ["TransferAttack"]
 
-_SHARED = ("eps", "norm", "value_range", "targeted", "task", "kappa", "seg_success_ratio", "seed", "loss_in_mask")
-
 
 class TransferAttack(Attack):
     """Craft with a ``source`` attack on a surrogate model, then score the examples on ``model`` (the target).
@@ -64,8 +62,7 @@ class TransferAttack(Attack):
                     "`source` is a built attack: configure it (its model is the surrogate); `surrogate`, "
                     f"`source_kwargs` and {sorted(kwargs)} apply only when `source` is a name."
                 )
-            kwargs = {k: getattr(source, k) for k in _SHARED}
-            kwargs.update(loss=source.loss, loss_kwargs=source.loss_kwargs, objective=source.objective)
+            kwargs = {k: v for k, v in source.settings().items() if k not in self.fixed_arguments}
             if kwargs["loss"] == "dlr":  # the target may have fewer classes: score with the cross-entropy
                 kwargs.update(loss="ce", loss_kwargs=None)
         elif isinstance(source, str):

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -151,20 +151,14 @@ class Defense:
         budget, a ``mask`` when called with one), run on the network's eval view; a DDP or DataParallel wrapper is
         unwrapped so that no collective is started outside training.
         """
-        return PGD(
-            _unwrap(network),
-            eps=self.eps,
-            steps=self.steps,
-            alpha=self.alpha,
-            norm=self.norm,
-            loss=self.loss,
-            value_range=self.value_range,
-            task=self.task,
-            random_start=True,
-            best_iterate=False,
-            early_stop=False,
-            seed=seed,
-        )
+        return self._training_attack(PGD, network, seed, steps=self.steps)
+
+    def _training_attack(self, cls: Type[Attack], network: Callable, seed: Optional[int], **overrides: Any) -> Attack:
+        """``cls`` on the network with this defense's budget, step, norm, range, task and loss, as training runs it:
+        from a random start, on every sample, returning the last iterate."""
+        settings = {"eps": self.eps, "alpha": self.alpha, "norm": self.norm, "loss": self.loss, "task": self.task}
+        settings.update(value_range=self.value_range, random_start=True, best_iterate=False, early_stop=False)
+        return cls(_unwrap(network), seed=seed, **{**settings, **overrides})
 
     def _adversarial(self, network, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training examples of this call (the inner attack seeded with this call's seed)."""
@@ -213,17 +207,7 @@ class FastAT(Defense):
         super().__init__(eps=eps, steps=1, alpha=1.25 * eps if alpha is None else alpha, **kwargs)
 
     def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
-        return FGSM(
-            _unwrap(network),
-            eps=self.eps,
-            alpha=self.alpha,
-            norm=self.norm,
-            loss=self.loss,
-            value_range=self.value_range,
-            task=self.task,
-            random_start=True,
-            seed=seed,
-        )
+        return self._training_attack(FGSM, network, seed)
 
     def objective(self, network, inputs, targets):
         logits = network(self._adversarial(network, inputs, targets))
@@ -246,21 +230,7 @@ class TRADES(Defense):
     def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
         """TRADES' inner maximization: sign steps on ``KL(f(x) || f(x'))`` (the "kl" loss, which reads the clean
         prediction) from ``x + 0.001 N(0, 1)``, projected onto the eps-ball and the value range."""
-        return PGD(
-            _unwrap(network),
-            eps=self.eps,
-            steps=self.steps,
-            alpha=self.alpha,
-            norm=self.norm,
-            loss="kl",
-            value_range=self.value_range,
-            task="classification",
-            random_start=True,
-            start_sigma=0.001,
-            best_iterate=False,
-            early_stop=False,
-            seed=seed,
-        )
+        return self._training_attack(PGD, network, seed, steps=self.steps, loss="kl", start_sigma=0.001)
 
     def _kl_term(self, logits_adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")

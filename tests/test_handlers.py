@@ -281,3 +281,33 @@ def test_attaching_twice_attacks_once(loaders):
     assert trainer.has_event_handler(handler, Events.ITERATION_STARTED)
     trainer.run()
     assert handler.calls == 1
+
+
+def test_autoattack_by_name_turns_an_evaluator_robust(loaders):
+    _, val_loader = loaders
+    torch.manual_seed(0)
+    net = TinyClassifier(2, 1, 2).eval()
+    evaluator = SupervisedEvaluator(
+        device="cpu",
+        val_data_loader=val_loader,
+        network=net,
+        epoch_length=1,
+        decollate=False,
+        key_val_metric={"acc": Accuracy(output_transform=_batched)},
+        val_handlers=[
+            AdversarialBatchHandler("autoattack", {"eps": 8 / 255, "steps": 2, "queries": 10, "check": False})
+        ],
+    )
+    evaluator.run()
+    clean = SupervisedEvaluator(
+        device="cpu",
+        val_data_loader=val_loader,
+        network=net,
+        epoch_length=1,
+        decollate=False,
+        key_val_metric={"acc": Accuracy(output_transform=_batched)},
+    )
+    clean.run()
+    assert evaluator.state.metrics["acc"] <= clean.state.metrics["acc"]
+    batch = evaluator.state.batch
+    assert (batch["image"] - next(iter(val_loader))["image"]).abs().max() <= 8 / 255 + 1e-6

@@ -17,7 +17,7 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Randomizable
 from monai.utils import min_version, optional_import
 
-from monai_adv.attacks import Attack, InfererModel, make_attack
+from monai_adv.attacks import Attack, InfererModel, attack_arguments, make_attack
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -60,8 +60,9 @@ class AdversarialBatchHandler(Randomizable):
             each iteration attacks with a copy whose model is the engine's network (and whose seed, when the
             instance has ``seed=None``, is drawn from ``self.R``).
         attack_kwargs: keyword arguments of a named attack. ``early_stop`` defaults to False (every chosen sample
-            is perturbed). ``seed`` defaults to None (drawn from ``self.R`` per iteration); an int seeds each
-            iteration's attack, and the samples ``ratio`` chooses, from it and the iteration count.
+            is perturbed) for the attacks that take it. ``seed`` defaults to None (drawn from ``self.R`` per
+            iteration); an int seeds each iteration's attack, and the samples ``ratio`` chooses, from it and the
+            iteration count.
         ratio: fraction of each batch replaced (1.0: the whole batch), chosen at random per iteration.
         image_key: key of the images in the batch dict.
         label_key: key of the labels in the batch dict.
@@ -91,7 +92,9 @@ class AdversarialBatchHandler(Randomizable):
             raise ValueError(
                 "`attack_kwargs` must not hold `model`: the handler attacks `network` (default the engine's network)."
             )
-        self.attack_kwargs = {"early_stop": False, "seed": None, **(attack_kwargs or {})}
+        self.attack_kwargs = {"seed": None, **(attack_kwargs or {})}
+        if isinstance(attack, str) and "early_stop" in attack_arguments(attack):  # (AutoAttack takes none)
+            self.attack_kwargs.setdefault("early_stop", False)
         self.image_key, self.label_key, self.network = image_key, label_key, network
         if isinstance(attack, str):
             make_attack(attack, lambda x: x, **self.attack_kwargs)  # fail now on a bad name or argument

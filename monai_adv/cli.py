@@ -40,6 +40,8 @@ def _format_value(key: str, value: Any) -> str:
         scaled = value * 255
         if abs(scaled - round(scaled)) < 1e-9:
             return f"{int(round(scaled))}/255"
+    if isinstance(value, type):  # e.g. the objective class
+        return f"{value.__module__}.{value.__qualname__}"
     return repr(value)
 
 
@@ -48,7 +50,7 @@ def _attacks(args: argparse.Namespace) -> int:
 
     rows = {name: attack_defaults(name) for name in available_attacks()}
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(rows, indent=2, default=lambda v: _format_value("", v) if isinstance(v, type) else str(v)))
         return 0
     print(f"monai_adv {__version__}: {len(rows)} attacks. Build one with")
     print("    monai_adv.attacks.make_attack(name, model, **overrides)")

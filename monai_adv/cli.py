@@ -28,6 +28,7 @@ from monai_adv.apps.arguments import (
     parse_eps,
     parse_value_range,
 )
+from monai_adv.task_names import TASK_CHOICES
 
 __all__ = ["main", "build_parser"]
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
     evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
     evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")
-    evaluate.add_argument("--task", default="auto", choices=("auto", "classification", "multilabel", "segmentation"))
+    evaluate.add_argument("--task", default="auto", choices=TASK_CHOICES)
     evaluate.add_argument("--samples", type=int, help="use the first N samples")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--surrogate-checkpoint", type=Path, help="transfer setting: the surrogate's weights")

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from monai_adv.attacks import losses as L
-from monai_adv.attacks.tasks import hard_dice, predict
+from monai_adv.attacks.tasks import TASKS, hard_dice, predict
 
 __all__ = [
     "Objective",
@@ -94,10 +94,7 @@ NAMED_LOSSES: Dict[str, Dict[str, LossFunction]] = {
     "dice": {"segmentation": _dice},
     "kl": {"classification": _kl},
 }
-TASK_LOSSES = {
-    task: tuple(name for name, per_task in NAMED_LOSSES.items() if task in per_task)
-    for task in ("classification", "multilabel", "segmentation")
-}
+TASK_LOSSES = {task: tuple(name for name, per_task in NAMED_LOSSES.items() if task in per_task) for task in TASKS}
 LOSS_ALIASES = {"cross_entropy": "ce", "bce": "ce", "margin": "cw", "cw_margin": "cw", "dice_loss": "dice"}
 
 

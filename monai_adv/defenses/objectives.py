@@ -19,7 +19,7 @@ from monai_adv.attacks import FGSM, PGD, Attack, model_state_guard
 from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.projections import clip_to_range
-from monai_adv.attacks.tasks import infer_task, prepare_labels
+from monai_adv.attacks.tasks import TASK_CHOICES, TASKS, infer_task, prepare_labels
 from monai_adv.attacks.validation import (
     check_choice,
     check_eps,
@@ -63,7 +63,7 @@ class Defense:
     """
 
     name = "defense"
-    tasks: Sequence[str] = ("classification", "multilabel", "segmentation")
+    tasks: Sequence[str] = TASKS
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class Defense:
                 f"`eps`={self.eps:g} is larger than the whole `value_range` {self.value_range}: give eps in the units "
                 "of the images (e.g. 8 / 255 for images in [0, 1])."
             )
-        self.task = check_choice(task, "task", ("auto", "classification", "multilabel", "segmentation"))
+        self.task = check_choice(task, "task", TASK_CHOICES)
         self.loss = check_choice(loss, "loss", ("ce", "dice"))
         self._check_task_and_loss()
         self.seed: Optional[int] = None  # the current call's attack seed (see __call__)

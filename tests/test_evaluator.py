@@ -6,6 +6,7 @@
 
 """RobustnessEvaluator: its numbers equal a hand-written loop over the same batches; report schema; bad input."""
 
+import dataclasses
 import json
 
 import jsonschema
@@ -259,3 +260,72 @@ def test_evaluator_scores_in_eval_mode_without_flipping_the_networks_flags():
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
     RobustnessEvaluator("cpu", _loader(x, y, 8), net, ["fgsm"], [0.01]).run()
     assert seen and all(not called and original for called, original in seen)
+
+
+class _ClaimsSuccess:
+    """Wraps an attack and reports success on every sample, whatever the examples do."""
+
+    def __init__(self, attack):
+        self.attack = attack
+
+    def perturb(self, x, y, mask=None, target=None):
+        result = self.attack.perturb(x, y, mask=mask)
+        return dataclasses.replace(result, success=torch.ones_like(result.clean_success))
+
+
+def _claiming_evaluator(model, x, y, **kwargs):
+    ev = RobustnessEvaluator("cpu", _loader(x, y), model, ["pgd"], [1 / 255], task="classification", **kwargs)
+    ev._attacks = {key: _ClaimsSuccess(attack) for key, attack in ev._attacks.items()}
+    ev.run()
+    return ev.report()["results"][0]
+
+
+def test_success_rate_is_the_attacks_own_success_except_in_the_transfer_setting(trained_bars):
+    model, x, y = trained_bars
+    x, y = x[:32], y[:32]
+    # white-box: broken = clean-correct samples the attack says it fooled (here all of them)
+    row = _claiming_evaluator(model, x, y)
+    assert row["success_rate"] == 1.0 and row["metrics"]["accuracy"] > 0.5
+    # transfer: the result's success is the surrogate's; the rate is read from the target's predictions
+    row = _claiming_evaluator(model, x, y, surrogate=model)
+    with torch.no_grad():
+        clean_correct = model(x).argmax(1) == y
+    assert row["success_rate"] == pytest.approx(1 - row["metrics"]["accuracy"] / float(clean_correct.double().mean()))
+    assert row["success_rate"] < 0.5
+
+
+def test_segmentation_attacks_get_the_evaluators_success_ratio():
+    torch.manual_seed(0)
+    seg = TinySegmenter(2, 1, 2)
+    x, y = torch.rand(4, 1, 12, 12), torch.randint(0, 2, (4, 1, 12, 12))
+    ev = RobustnessEvaluator("cpu", _loader(x, y, 4), seg, ["fgsm", "pgd"], [8 / 255], seg_success_ratio=0.9)
+    ev.run()
+    assert {attack.seg_success_ratio for attack in ev._attacks.values()} == {0.9}
+    assert all(r["success_rate"] is not None for r in ev.report()["results"])
+
+
+class _NeedsScale(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.scales = net, []
+
+    def forward(self, x, scale):
+        self.scales.append(float(scale))
+        return self.net(x) * scale
+
+
+def test_extra_arguments_of_prepare_batch_reach_the_network_in_the_attacks(trained_bars):
+    from monai.engines.utils import default_prepare_batch
+
+    model, x, y = trained_bars
+
+    def prepare(batchdata, device=None, non_blocking=False, **kwargs):
+        return (*default_prepare_batch(batchdata, device, non_blocking, **kwargs), (), {"scale": 1.0})
+
+    net = _NeedsScale(model)
+    ev = RobustnessEvaluator("cpu", _loader(x[:16], y[:16]), net, ["pgd"], [8 / 255], prepare_batch=prepare)
+    ev.run()
+    assert len(net.scales) > 2 and set(net.scales) == {1.0}
+    plain = RobustnessEvaluator("cpu", _loader(x[:16], y[:16]), model, ["pgd"], [8 / 255])
+    plain.run()  # the same network and attack as without the extra argument
+    assert ev.report()["results"][0]["metrics"]["accuracy"] == plain.report()["results"][0]["metrics"]["accuracy"]

@@ -18,8 +18,8 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.networks.utils import eval_mode
 from monai.utils import optional_import
 
-from monai_adv.attacks import InfererModel, model_dtype, model_state_guard
-from monai_adv.attacks.objective import infer_task, prepare_labels
+from monai_adv.attacks import AttackResult, InfererModel, attack_defaults, model_dtype, model_state_guard
+from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
 from monai_adv.engines.attack_suite import (
     AttackSpec,
@@ -28,8 +28,15 @@ from monai_adv.engines.attack_suite import (
     eps_label,
     parse_attack_specs,
 )
-from monai_adv.engines.robustness_results import RobustnessResults
-from monai_adv.metrics import SampleOutcome, perturbation_norms, sample_outcome, worst_case_index
+from monai_adv.engines.robust_trainer import NetworkCall
+from monai_adv.engines.robustness_results import RobustnessResults, derived_success
+from monai_adv.metrics import (
+    SampleOutcome,
+    check_additional_metrics,
+    perturbation_norms,
+    sample_outcome,
+    worst_case_index,
+)
 
 EventEnum, _ = optional_import("ignite.engine", name="EventEnum")
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -58,17 +65,37 @@ class QueryCounter(torch.nn.Module):
         return self.model(x)
 
 
+def _takes_argument(attack: str, argument: str) -> bool:
+    """Whether the registered attack ``attack`` takes ``argument``."""
+    try:
+        return argument in attack_defaults(attack)
+    except (KeyError, ValueError):
+        return False
+
+
 class RobustnessEvaluator(SupervisedEvaluator):
     """Score a model under a suite of attacks at several budgets, with the per-sample worst case across attacks.
 
     For every batch it runs the clean forward pass and, for each budget and attack, crafts adversarial
     examples (on ``surrogate`` in the transfer setting, else on ``network``), evaluates them on ``network``
-    and accumulates the task's metrics (MONAI's confusion-matrix, ROC-AUC, Dice and IoU metrics), the attack
-    success rate, the perturbation norms, wall time and model queries. With more than one attack it adds a
-    "worst-case" row per budget: each sample's worst outcome across the attacks (a wrong prediction, else the
-    lowest margin or Dice). At the end of the run, ``state.metrics`` holds flat entries such as
-    ``"clean/accuracy"`` and ``"pgd-20@4/255/accuracy"``, and :meth:`report` returns the full report (a dict
-    following the schema in ``monai_adv/benchmark/report_schema.json``).
+    and accumulates the task's metrics (MONAI's confusion-matrix, ROC-AUC, Dice and IoU metrics), any
+    ``additional_metrics``, the attack success rate, the perturbation norms, wall time and model queries. With more
+    than one attack it adds a "worst-case" row per budget: each sample's worst outcome across the attacks (a wrong
+    prediction, else the lowest margin or Dice). At the end of the run, ``state.metrics`` holds flat entries such
+    as ``"clean/accuracy"``, ``"pgd-20@4/255/accuracy"`` and ``"pgd-20@4/255/hd95"``, and :meth:`report` returns
+    the full report (a dict following the schema in ``monai_adv/benchmark/report_schema.json``).
+
+    The success rate of a cell is broken / eligible samples: eligible are the samples whose clean prediction is
+    right (classification, multi-label) or whose clean Dice is above 0 (segmentation); broken are the eligible
+    samples on which the attack succeeded, as the attack's own ``AttackResult.success`` says (the segmentation
+    attacks get ``seg_success_ratio``). Where an attack does not report it (``success`` is None, e.g. FGSM) or
+    in the transfer setting (the result's success is the surrogate's), success is read from the scored
+    outputs: a wrong prediction, or a Dice below ``seg_success_ratio`` of the clean Dice. The worst-case row
+    counts a sample as broken when any attack broke it.
+
+    The network is called as MONAI's evaluators call it, ``inferer(x, network, *args, **kwargs)`` with the extra
+    ``(args, kwargs)`` that ``prepare_batch`` may return as ``batch[2]`` and ``batch[3]``; in the white-box
+    setting the attacks call it so too (a surrogate is called with the inputs alone).
 
     The evaluator needs input gradients: attacks run with gradients enabled inside the iteration and leave the
     network (and surrogate) exactly as they found them. It runs in one process.
@@ -96,6 +123,22 @@ class RobustnessEvaluator(SupervisedEvaluator):
         keep_examples: keep this many samples of the first batches (clean, worst-case adversarial at the largest
             budget, labels and predictions) in ``state.examples`` for figures.
         inferer: how the network is run (e.g. ``SlidingWindowInferer`` for 3D volumes); gradients flow through it.
+        additional_metrics: more metrics computed in every cell (clean, each attack at each budget, the worst
+            case): ``{name: metric}`` where a metric is a MONAI ``CumulativeIterationMetric`` (e.g.
+            ``HausdorffDistanceMetric(percentile=95)``, ``SurfaceDiceMetric``, ``DiceMetric``,
+            ``ConfusionMatrixMetric``), a MONAI ignite metric handler (its MONAI metric is used) or an ignite
+            ``Metric``. Each cell uses its own deep copy, reset at the start of each run; the given metrics are
+            never used. Every batch feeds each metric ``y_pred`` = the one-hot hard prediction (N, K, *spatial)
+            (K = the model's outputs, 2 for a single binary logit; the prediction rule of
+            :func:`monai_adv.attacks.tasks.predict`) and ``y`` = the one-hot label (N, K, *spatial); for
+            classification (N, K) and (N, K); for multi-label the multi-hot prediction and label (N, K). A MONAI
+            metric is called as ``metric(y_pred=y_pred, y=y)`` and read with ``aggregate()`` at the end of the run,
+            an ignite metric gets ``update((y_pred, y))`` and is read with ``compute()``. One value is recorded as
+            it is; several (e.g. ``reduction="none"``) are reduced by their mean over the finite values; a list
+            (``ConfusionMatrixMetric`` with several ``metric_name``) gives ``"<name>_<metric_name>"`` entries. The
+            values go into each cell's ``"metrics"`` of the report under ``name`` (None where not finite) and into
+            ``state.metrics`` as ``"clean/<name>"`` and ``"<attack>@<eps>/<name>"``. Names must not be those of
+            the built-in entries (accuracy, recall, precision, f1, auc, dice, iou, seconds, success_rate).
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -125,7 +168,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         decollate: bool = False,
         to_kwargs: Optional[dict] = None,
         amp_kwargs: Optional[dict] = None,
+        additional_metrics: Optional[Mapping[str, Any]] = None,
     ) -> None:
+        self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
             raise ValueError(f"`eps` must be a non-empty list of budgets, e.g. [1/255, 2/255], got {eps!r}.")
         self.eps_values = [check_eps(e) for e in eps]
@@ -167,7 +212,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.setting = "white-box" if surrogate is None else "transfer"
         crafting = surrogate if surrogate is not None else network
         plain = isinstance(self.inferer, SimpleInferer)
-        self.query_counter = QueryCounter(crafting if plain else InfererModel(crafting, self.inferer))
+        self._crafting_model = crafting if plain else InfererModel(crafting, self.inferer)
+        self.query_counter = QueryCounter(self._crafting_model)
         self._attacks: Dict[Tuple[str, float], Any] = {}
         self._build_attacks(task)  # early errors for bad attack arguments
         self.results: Optional[RobustnessResults] = None
@@ -184,10 +230,30 @@ class RobustnessEvaluator(SupervisedEvaluator):
         if early_stop is None and task == "segmentation":
             early_stop = False
         for spec in self.specs:
+            seg = task == "segmentation" and "seg_success_ratio" not in spec.kwargs
+            if seg and _takes_argument(spec.attack, "seg_success_ratio"):  # the attacks' goal is the evaluator's
+                spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "seg_success_ratio": self.seg_success_ratio})
             for eps in self.eps_values:
                 self._attacks[(spec.name, eps)] = build_attack(
                     spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
                 )
+
+    def _attack_success(self, attack: Any, result: AttackResult, task: str) -> Optional[torch.Tensor]:
+        """The attack's own per-sample success, when it reports one that means what the report means by it."""
+        success = getattr(result, "success", None)
+        if success is None or self.surrogate is not None:  # transfer: the result's success is the surrogate's
+            return None
+        if task == "segmentation" and getattr(attack, "seg_success_ratio", None) != self.seg_success_ratio:
+            return None
+        return success.detach().to(torch.bool)
+
+    def _set_call_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """White-box: the attacks call the network with the batch's extra arguments, as the evaluator does."""
+        model = self._crafting_model
+        if self.surrogate is None and (args or kwargs):
+            plain = isinstance(self.inferer, SimpleInferer)
+            model = NetworkCall(self.network, None if plain else self.inferer, args, kwargs)
+        self.query_counter.model = model
 
     def _start_results(self, engine: RobustnessEvaluator) -> None:
         self.results = None
@@ -229,25 +295,39 @@ class RobustnessEvaluator(SupervisedEvaluator):
             if task != self.task:
                 engine._build_attacks(task)
             engine.results = RobustnessResults(
-                task, clean_logits.shape[1], engine.eps_values, [s.name for s in engine.specs], self.seg_success_ratio
+                task,
+                clean_logits.shape[1],
+                engine.eps_values,
+                [s.name for s in engine.specs],
+                self.seg_success_ratio,
+                self.additional_metrics,
             )
         results = engine.results
         labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
         clean = sample_outcome(results.task, clean_logits, labels)
         results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0)
         output = {"image": inputs, "label": targets, "pred": clean_logits}
+        engine._set_call_arguments(args, kwargs)
         for eps in engine.eps_values:
             adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
+            any_success: Optional[torch.Tensor] = None
             for spec in engine.specs:
                 engine.query_counter.count = 0
+                attack = engine._attacks[(spec.name, eps)]
                 start = time.perf_counter()
-                x_adv = engine._attacks[(spec.name, eps)].perturb(inputs, targets, mask=mask).x_adv
+                result = attack.perturb(inputs, targets, mask=mask)
                 seconds = time.perf_counter() - start
+                x_adv = result.x_adv
                 adv_logits = engine._forward(x_adv, *args, what=f"the {spec.name} examples", **kwargs)
                 outcome = sample_outcome(results.task, adv_logits, labels)
+                success = engine._attack_success(attack, result, results.task)
+                if success is None:
+                    success = derived_success(results.task, outcome, clean, engine.seg_success_ratio)
+                success = success.to(device=outcome.correct.device, dtype=torch.bool)
+                any_success = success if any_success is None else any_success | success
                 norms = perturbation_norms(inputs, x_adv)
                 results.cell(spec.name, eps).add(
-                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count
+                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count, success
                 )
                 adversarial.append((x_adv.detach().as_subclass(torch.Tensor), adv_logits, outcome, norms))
                 engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
@@ -255,7 +335,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
             if len(adversarial) > 1:
                 seconds = sum(c.seconds_last for c in (results.cell(s.name, eps) for s in engine.specs))
                 queries = sum(c.queries_last for c in (results.cell(s.name, eps) for s in engine.specs))
-                results.cell(WORST_CASE, eps).add(worst[1], labels, worst[2], clean, worst[3], seconds, queries)
+                results.cell(WORST_CASE, eps).add(
+                    worst[1], labels, worst[2], clean, worst[3], seconds, queries, any_success
+                )
             if eps == engine.eps_values[-1]:
                 output["adversarial_image"], output["adversarial_pred"] = worst[0], worst[1]
                 engine._keep_examples(inputs, targets, clean, worst)

@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from monai_adv import __version__
-from monai_adv.metrics import PRIMARY_METRIC, SampleOutcome, make_task_metrics
+from monai_adv.metrics import PRIMARY_METRIC, AdditionalMetrics, SampleOutcome, make_task_metrics
 
-__all__ = ["CellAccumulator", "RobustnessResults", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION"]
+__all__ = ["CellAccumulator", "RobustnessResults", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION", "derived_success"]
 
 REPORT_SCHEMA = "monai_adv.robustness_report"
 REPORT_SCHEMA_VERSION = "1.0"
 
 
 def _number(value: float) -> Optional[float]:
-    """JSON has no NaN: undefined values (e.g. ROC-AUC with one class) become None."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    """JSON has no NaN or Inf: undefined values (e.g. ROC-AUC with one class, a distance to an empty prediction)
+    become None."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def derived_success(task: str, outcome: SampleOutcome, clean: SampleOutcome, seg_success_ratio: float) -> torch.Tensor:
+    """Per-sample attack success read from the scored outputs: a wrong prediction (classification: wrong class;
+    multi-label: a label wrong), or for segmentation a Dice below ``seg_success_ratio`` of the clean Dice."""
+    if task == "segmentation":
+        return outcome.quality < seg_success_ratio * clean.quality.to(outcome.quality.device)
+    return ~outcome.correct
 
 
 class CellAccumulator:
@@ -36,12 +45,21 @@ class CellAccumulator:
         num_classes: the model's outputs (classes, labels or segmentation channels).
         seg_success_ratio: a segmentation sample counts as broken when its Dice falls below this fraction of
             its clean Dice.
+        additional_metrics: ``{name: metric}`` computed on this cell's predictions with fresh copies (see
+            :class:`~monai_adv.metrics.AdditionalMetrics`); their values join the task's metrics.
     """
 
-    def __init__(self, task: str, num_classes: int, seg_success_ratio: float = 0.5) -> None:
+    def __init__(
+        self,
+        task: str,
+        num_classes: int,
+        seg_success_ratio: float = 0.5,
+        additional_metrics: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         self.task = task
         self.ratio = seg_success_ratio
         self.metrics = make_task_metrics(task, num_classes)
+        self.additional = AdditionalMetrics(additional_metrics or {}, task, num_classes)
         self.correct: List[torch.Tensor] = []
         self.quality: List[torch.Tensor] = []
         self.broken = 0
@@ -61,18 +79,22 @@ class CellAccumulator:
         norms: Optional[torch.Tensor],
         seconds: float,
         queries: int,
+        success: Optional[torch.Tensor] = None,
     ) -> None:
         """Add a batch: the logits and per-sample outcome on the (adversarial) inputs, the clean outcome, the
-        per-sample perturbation norms (N, 2) or None for clean inputs, the wall time and the model queries."""
+        per-sample perturbation norms (N, 2) or None for clean inputs, the wall time, the model queries and the
+        per-sample attack success (None: read from the outcomes, see :func:`derived_success`).
+
+        A sample is eligible when its clean prediction is right (classification, multi-label) or its clean Dice
+        is above 0 (segmentation); it is broken when it is eligible and the attack succeeded on it."""
         self.metrics.update(logits, labels, outcome.predictions)
+        self.additional.update(outcome.predictions, labels)
         self.correct.append(outcome.correct.cpu())
         self.quality.append(outcome.quality.cpu())
-        if self.task == "segmentation":
-            eligible = clean.quality > 0
-            broken = eligible & (outcome.quality < self.ratio * clean.quality)
-        else:
-            eligible = clean.correct
-            broken = clean.correct & ~outcome.correct
+        eligible = (clean.quality > 0) if self.task == "segmentation" else clean.correct
+        if success is None:
+            success = derived_success(self.task, outcome, clean, self.ratio)
+        broken = eligible & success.to(device=eligible.device, dtype=torch.bool)
         self.eligible += int(eligible.sum())
         self.broken += int(broken.sum())
         if norms is not None:
@@ -88,7 +110,8 @@ class CellAccumulator:
     def summary(self) -> Dict[str, Any]:
         """The metrics of the task plus success rate, perturbation norms, time and queries."""
         n = self.num_samples
-        out: Dict[str, Any] = {"metrics": {k: _number(v) for k, v in self.metrics.compute().items()}}
+        values = {**self.metrics.compute(), **self.additional.compute()}
+        out: Dict[str, Any] = {"metrics": {k: _number(v) for k, v in values.items()}}
         out["success_rate"] = _number(self.broken / self.eligible) if self.eligible else None
         if self.norms:
             norms = torch.cat(self.norms)
@@ -107,6 +130,8 @@ class RobustnessResults:
         eps_values: the budgets.
         attack_names: the suite's attack names, in order.
         seg_success_ratio: see :class:`CellAccumulator`.
+        additional_metrics: ``{name: metric}`` computed in every cell (clean, each attack and budget, worst case),
+            each cell with its own copy; see :class:`CellAccumulator`.
     """
 
     def __init__(
@@ -116,20 +141,22 @@ class RobustnessResults:
         eps_values: Sequence[float],
         attack_names: Sequence[str],
         seg_success_ratio: float = 0.5,
+        additional_metrics: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.task = task
         self.num_classes = int(num_classes)
         self.eps_values = list(eps_values)
         self.attack_names = list(attack_names)
         self.ratio = seg_success_ratio
-        self.clean = CellAccumulator(task, num_classes, seg_success_ratio)
+        self.additional_metrics = dict(additional_metrics or {})
+        self.clean = CellAccumulator(task, num_classes, seg_success_ratio, self.additional_metrics)
         self.cells: Dict[Tuple[str, float], CellAccumulator] = {}
 
     def cell(self, attack: str, eps: float) -> CellAccumulator:
         """The accumulator of ``attack`` at ``eps`` (created on first use)."""
         key = (attack, eps)
         if key not in self.cells:
-            self.cells[key] = CellAccumulator(self.task, self.num_classes, self.ratio)
+            self.cells[key] = CellAccumulator(self.task, self.num_classes, self.ratio, self.additional_metrics)
         return self.cells[key]
 
     def rows(self) -> List[Tuple[str, float, CellAccumulator]]:

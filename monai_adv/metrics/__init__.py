@@ -5,23 +5,33 @@
 #     http://www.apache.org/licenses/LICENSE-2.0
 
 """Robustness metrics: clean and robust accuracy, macro recall/precision/F1, ROC-AUC, Dice and IoU under attack,
-per-sample worst case across attacks, perturbation norms."""
+per-sample worst case across attacks, perturbation norms, and user metrics (MONAI or ignite) on every cell."""
 
 from __future__ import annotations
 
 from typing import Union
 
+from monai_adv.metrics.additional import (
+    RESERVED_METRIC_NAMES,
+    AdditionalMetrics,
+    check_additional_metrics,
+    one_hot_inputs,
+)
 from monai_adv.metrics.classification import ClassificationMetrics, class_probabilities
 from monai_adv.metrics.per_sample import SampleOutcome, perturbation_norms, sample_outcome, worst_case_index
 from monai_adv.metrics.segmentation import SegmentationMetrics
 
 __all__ = [
+    "AdditionalMetrics",
     "ClassificationMetrics",
     "PRIMARY_METRIC",
+    "RESERVED_METRIC_NAMES",
     "SampleOutcome",
     "SegmentationMetrics",
+    "check_additional_metrics",
     "class_probabilities",
     "make_task_metrics",
+    "one_hot_inputs",
     "perturbation_norms",
     "sample_outcome",
     "worst_case_index",

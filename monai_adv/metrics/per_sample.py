@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from monai_adv.attacks.objective import hard_dice, predict
+from monai_adv.attacks.tasks import hard_dice, predict
 
 __all__ = ["SampleOutcome", "sample_outcome", "worst_case_index", "perturbation_norms"]
 
@@ -38,7 +38,7 @@ class SampleOutcome:
 
 def sample_outcome(task: str, logits: torch.Tensor, labels: torch.Tensor) -> SampleOutcome:
     """Per-sample outcome of ``logits`` for labels prepared as the attacks prepare them (see
-    :func:`monai_adv.attacks.objective.prepare_labels`)."""
+    :func:`monai_adv.attacks.tasks.prepare_labels`)."""
     logits = logits.detach().as_subclass(torch.Tensor)
     pred = predict(task, logits)
     if task == "segmentation":

@@ -8,6 +8,7 @@
 
 import dataclasses
 import json
+import warnings
 
 import jsonschema
 import numpy as np
@@ -329,3 +330,32 @@ def test_extra_arguments_of_prepare_batch_reach_the_network_in_the_attacks(train
     plain = RobustnessEvaluator("cpu", _loader(x[:16], y[:16]), model, ["pgd"], [8 / 255])
     plain.run()  # the same network and attack as without the extra argument
     assert ev.report()["results"][0]["metrics"]["accuracy"] == plain.report()["results"][0]["metrics"]["accuracy"]
+
+
+class _Noisy(torch.nn.Module):
+    """A randomized model: what the sanity checks flag."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x + 0.02 * torch.randn_like(x))
+
+
+def test_autoattack_by_name_and_sanity_checks_once_per_run(trained_bars):
+    model, x, y = trained_bars
+    suite = [{"attack": "autoattack", "name": "aa", "steps": 2, "queries": 5}, "fgsm"]
+    evaluator = RobustnessEvaluator("cpu", _loader(x[:24], y[:24], batch_size=8), _Noisy(model), suite, EPS, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluator.run()
+    randomized = [w for w in caught if "randomized" in str(w.message)]
+    assert len(randomized) == 1  # 3 batches x 2 budgets x 2 attacks: checked once
+    report = evaluator.report()
+    validate_report(report)
+    assert any("randomized" in note for note in report["notes"])
+    assert {r["attack"] for r in report["results"]} == {"aa", "fgsm", "worst-case"}
+    quiet = RobustnessEvaluator("cpu", _loader(x[:8], y[:8]), model, ["fgsm"], EPS, check=False)
+    quiet.run()
+    assert quiet.report()["notes"] == []

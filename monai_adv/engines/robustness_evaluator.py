@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,7 +19,14 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.networks.utils import eval_mode
 from monai.utils import optional_import
 
-from monai_adv.attacks import AttackResult, InfererModel, attack_defaults, model_dtype, model_state_guard
+from monai_adv.attacks import (
+    AttackResult,
+    InfererModel,
+    attack_defaults,
+    model_dtype,
+    model_state_guard,
+    sanity_checks,
+)
 from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
 from monai_adv.engines.attack_suite import (
@@ -122,6 +130,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
             the clean Dice.
         keep_examples: keep this many samples of the first batches (clean, worst-case adversarial at the largest
             budget, labels and predictions) in ``state.examples`` for figures.
+        check: run :func:`~monai_adv.attacks.sanity_checks` once per run, on the first batch, with the model the
+            attacks craft on; its warnings are issued and written to the report's ``notes``. The attacks' own checks
+            (AutoAttack's) are then off: the checks run once per evaluation, not per attack, budget or batch.
         inferer: how the network is run (e.g. ``SlidingWindowInferer`` for 3D volumes); gradients flow through it.
         additional_metrics: more metrics computed in every cell (clean, each attack at each budget, the worst
             case): ``{name: metric}`` where a metric is a MONAI ``CumulativeIterationMetric`` (e.g.
@@ -158,6 +169,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         early_stop: Optional[bool] = None,
         seg_success_ratio: float = 0.5,
         keep_examples: int = 0,
+        check: bool = True,
         epoch_length: Optional[int] = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -209,6 +221,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.early_stop = early_stop
         self.seg_success_ratio = float(seg_success_ratio)
         self.keep_examples = int(keep_examples)
+        self.check = bool(check)
+        self.notes: List[str] = []
         self.setting = "white-box" if surrogate is None else "transfer"
         crafting = surrogate if surrogate is not None else network
         plain = isinstance(self.inferer, SimpleInferer)
@@ -233,6 +247,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
             seg = task == "segmentation" and "seg_success_ratio" not in spec.kwargs
             if seg and _takes_argument(spec.attack, "seg_success_ratio"):  # the attacks' goal is the evaluator's
                 spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "seg_success_ratio": self.seg_success_ratio})
+            if _takes_argument(spec.attack, "check") and "check" not in spec.kwargs:  # checked once, by the run
+                spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "check": False})
             for eps in self.eps_values:
                 self._attacks[(spec.name, eps)] = build_attack(
                     spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
@@ -257,6 +273,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
 
     def _start_results(self, engine: RobustnessEvaluator) -> None:
         self.results = None
+        self.notes = []
         self.state.examples = {}
 
     def _forward(self, x: torch.Tensor, *args: Any, what: str = "the clean input", **kwargs: Any) -> torch.Tensor:
@@ -302,6 +319,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 self.seg_success_ratio,
                 self.additional_metrics,
             )
+            if self.check:
+                engine._sanity_checks(inputs, targets, task)
         results = engine.results
         labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
         clean = sample_outcome(results.task, clean_logits, labels)
@@ -384,6 +403,12 @@ class RobustnessEvaluator(SupervisedEvaluator):
             return
         self.state.metrics.update(self.results.flat_metrics(self.value_range))
 
+    def _sanity_checks(self, inputs: torch.Tensor, targets: Any, task: str) -> None:
+        """Look, once per run, for what would make the numbers untrustworthy (see ``sanity_checks``)."""
+        self.notes = sanity_checks(self._crafting_model, inputs, torch.as_tensor(targets).to(inputs.device), task)
+        for note in self.notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
+
     def report(self, **info: Any) -> Dict[str, Any]:
         """The report of the last run, as a JSON-ready dict (see ``monai_adv/benchmark/report_schema.json``).
 
@@ -398,5 +423,5 @@ class RobustnessEvaluator(SupervisedEvaluator):
             setting=self.setting,
             attacks=[{"name": s.name, "attack": s.attack, "kwargs": dict(s.kwargs)} for s in self.specs],
             eps_label=lambda e: eps_label(e, self.value_range),
-            **info,
+            **{"notes": list(self.notes), **info},
         )

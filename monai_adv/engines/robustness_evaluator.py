@@ -307,6 +307,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 raise KeyError(f"`mask_key` {self.mask_key!r} is not a key of the batch.")
             mask = batchdata[self.mask_key].to(inputs.device)
         clean_logits = engine._forward(inputs, *args, **kwargs)
+        engine._set_call_arguments(args, kwargs)
         if engine.results is None:
             task = infer_task(self.task, clean_logits, torch.as_tensor(targets))
             if task != self.task:
@@ -326,7 +327,6 @@ class RobustnessEvaluator(SupervisedEvaluator):
         clean = sample_outcome(results.task, clean_logits, labels)
         results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0)
         output = {"image": inputs, "label": targets, "pred": clean_logits}
-        engine._set_call_arguments(args, kwargs)
         for eps in engine.eps_values:
             adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
             any_success: Optional[torch.Tensor] = None
@@ -405,7 +405,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
 
     def _sanity_checks(self, inputs: torch.Tensor, targets: Any, task: str) -> None:
         """Look, once per run, for what would make the numbers untrustworthy (see ``sanity_checks``)."""
-        self.notes = sanity_checks(self._crafting_model, inputs, torch.as_tensor(targets).to(inputs.device), task)
+        model = self.query_counter.model  # the crafting model, called with the batch's extra arguments (uncounted)
+        self.notes = sanity_checks(model, inputs, torch.as_tensor(targets).to(inputs.device), task)
         for note in self.notes:
             warnings.warn(note, UserWarning, stacklevel=2)
 

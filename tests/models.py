@@ -64,6 +64,17 @@ class PerSample(nn.Module):
         return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
 
 
+class Noisy(nn.Module):
+    """A randomized model: Gaussian noise on the input of every pass (what the sanity checks flag)."""
+
+    def __init__(self, model: nn.Module, sigma: float = 0.05) -> None:
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.sigma * torch.randn_like(x))
+
+
 class CallCounter(nn.Module):
     """Counts the calls of the wrapped network (its forward passes)."""
 

@@ -13,7 +13,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_adv.attacks import APGD, APGDT, FAB, PGD, AutoAttack, Square, sanity_checks
-from tests.models import TinyClassifier, TinySegmenter
+from tests.models import Noisy, TinyClassifier, TinySegmenter
 
 SMALL = {"steps": 20, "queries": 300}
 
@@ -99,15 +99,6 @@ def test_bad_arguments(trained_bars):
         AutoAttack(model, attacks=["pgd"])
     with pytest.raises(ValueError, match="`version` must be one of"):
         AutoAttack(model, version="fast")
-
-
-class Noisy(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x + 0.05 * torch.randn_like(x))
 
 
 def test_sanity_checks_flag_what_makes_a_number_untrustworthy(trained_bars):

@@ -18,7 +18,7 @@ from monai.data import DataLoader
 
 from monai_adv.benchmark.report import csv_table, markdown_table, validate_report, write_reports
 from monai_adv.engines import RobustnessEvaluator, build_attack, parse_attack_specs
-from tests.models import TinyClassifier, TinySegmenter, train_classifier
+from tests.models import Noisy, TinyClassifier, TinySegmenter, train_classifier
 
 EPS = [4 / 255, 12 / 255]
 ATTACKS = ["fgsm", "pgd-20", {"attack": "pgd", "name": "pgd-5-l2", "norm": "L2", "steps": 5}]
@@ -332,21 +332,12 @@ def test_extra_arguments_of_prepare_batch_reach_the_network_in_the_attacks(train
     assert ev.report()["results"][0]["metrics"]["accuracy"] == plain.report()["results"][0]["metrics"]["accuracy"]
 
 
-class _Noisy(torch.nn.Module):
-    """A randomized model: what the sanity checks flag."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x + 0.02 * torch.randn_like(x))
-
-
 def test_autoattack_by_name_and_sanity_checks_once_per_run(trained_bars):
     model, x, y = trained_bars
     suite = [{"attack": "autoattack", "name": "aa", "steps": 2, "queries": 5}, "fgsm"]
-    evaluator = RobustnessEvaluator("cpu", _loader(x[:24], y[:24], batch_size=8), _Noisy(model), suite, EPS, seed=0)
+    evaluator = RobustnessEvaluator(
+        "cpu", _loader(x[:24], y[:24], batch_size=8), Noisy(model, sigma=0.02), suite, EPS, seed=0
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         evaluator.run()

@@ -159,3 +159,12 @@ def test_fgsm_random_start_variant_stays_in_ball(trained_bars):
     out = FGSM(model, eps=8 / 255, alpha=10 / 255, random_start=True)(x, y)
     assert (out - x).abs().max() <= 8 / 255
     assert not torch.equal(out, FGSM(model, eps=8 / 255)(x, y))
+
+
+def test_random_targets_in_the_training_configuration_match_perturb():
+    # random start, no early exit, last iterate: the call skips the clean pass, the targets stay the same
+    torch.manual_seed(0)
+    model = TinyClassifier(2, 1, 4).eval()
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0])
+    attack = PGD(model, eps=8 / 255, steps=2, targeted="random", best_iterate=False, early_stop=False, seed=2)
+    assert torch.equal(attack(x, y), attack.perturb(x, y).x_adv)

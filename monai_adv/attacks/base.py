@@ -401,7 +401,7 @@ class Attack:
             targets = prepare_labels(task, target, detached, "target")
         elif isinstance(self.targeted, str):
             gens = sample_generators(keys, seed, TARGET_STREAM, x.device) if self.targeted == "random" else []
-            targets = choose_targets(self.targeted, task, labels, clean_logits, gens)
+            targets = choose_targets(self.targeted, task, labels, detached, gens)
         loss, notes = self._objective_loss(detached.shape[1])
         objective = self.objective(
             task,

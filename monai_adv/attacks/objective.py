@@ -266,22 +266,25 @@ class Objective:
         """Per-sample loss to ascend for the samples ``idx`` of the batch, given their logits."""
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        pull = self.loss_targets if self.loss_targets is not None else self.targets
-        available = {
-            "target": None if pull is None else pull[idx],
-            "mask": None if self.loss_mask is None else self.loss_mask[idx],
-            "clean_logits": None if self.clean_logits is None else self.clean_logits[idx],
-            "kappa": self.kappa,
-            "task": self.task,
-        }
-        if self.reads_clean_logits and available["clean_logits"] is None:
-            raise RuntimeError("The loss reads the clean logits, but the attack skipped the clean pass.")
-        context = {name: available[name] for name in self._context}
+        context = {name: self._context_value(name, idx) for name in self._context}  # only what the loss reads
         value = self._function(logits, self.labels[idx], **context, **self.loss_kwargs)
         if not isinstance(value, torch.Tensor) or value.shape != (logits.shape[0],):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"`loss` must return one value per sample, shape ({logits.shape[0]},), got {shape}.")
         return value
+
+    def _context_value(self, name: str, idx) -> Any:
+        """The context keyword ``name`` for the samples ``idx`` (see the module's docstring)."""
+        if name == "target":
+            pull = self.loss_targets if self.loss_targets is not None else self.targets
+            return None if pull is None else pull[idx]
+        if name == "mask":
+            return None if self.loss_mask is None else self.loss_mask[idx]
+        if name == "clean_logits":
+            if self.clean_logits is None:
+                raise RuntimeError("The loss reads the clean logits, but the attack skipped the clean pass.")
+            return self.clean_logits[idx]
+        return self.kappa if name == "kappa" else self.task
 
     def success(self, logits: torch.Tensor, idx) -> torch.Tensor:
         """Per-sample bool: whether the logits of the samples ``idx`` satisfy the attack's goal."""

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -70,27 +70,27 @@ class ActiveSet:
     """
 
     def __init__(self, idx: torch.Tensor, **rows: Any) -> None:
-        object.__setattr__(self, "_rows", {"idx": idx, **rows})
-
-    def __getattr__(self, name: str) -> Any:
-        rows: Dict[str, Any] = self.__dict__["_rows"]
-        if name not in rows:
-            raise AttributeError(name)
-        return rows[name]
+        object.__setattr__(self, "_names", ["idx"])
+        self.idx = idx
+        for name, value in rows.items():
+            setattr(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._rows[name] = value
+        if name not in self._names:
+            self._names.append(name)
+        object.__setattr__(self, name, value)  # rows are plain attributes: reading one costs nothing extra
 
     def __len__(self) -> int:
-        return int(self._rows["idx"].numel())
+        return int(self.idx.numel())
 
     def keep(self, keep: torch.Tensor) -> bool:
         """Keep the samples where ``keep`` is True in every row; return whether any sample is left."""
         if not bool(keep.all()):
             flags = keep.tolist()
-            for name, value in self._rows.items():
+            for name in self._names:
+                value = getattr(self, name)
                 if isinstance(value, torch.Tensor):
-                    self._rows[name] = value[keep]
+                    object.__setattr__(self, name, value[keep])
                 elif isinstance(value, list):
-                    self._rows[name] = [v for v, k in zip(value, flags) if k]
+                    object.__setattr__(self, name, [v for v, k in zip(value, flags) if k])
         return len(self) > 0

@@ -79,19 +79,24 @@ def test_composes_with_stats_validation_and_checkpoint_handlers(loaders, tmp_pat
     assert evaluator.state.metrics["robust_acc"] == pytest.approx(expected)
 
 
-def test_ratio_replaces_part_of_the_batch(loaders):
-    train_loader, _ = loaders
-    net = TinyClassifier(2, 1, 2)
-    seen = []
-    trainer = SupervisedTrainer(
+def _frozen_trainer(loader, net, epoch_length=1):
+    """A classification trainer whose optimizer does not move the weights (learning rate 0)."""
+    return SupervisedTrainer(
         device="cpu",
         max_epochs=1,
-        epoch_length=1,
-        train_data_loader=train_loader,
+        epoch_length=epoch_length,
+        train_data_loader=loader,
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), 0.0),
         loss_function=torch.nn.CrossEntropyLoss(),
     )
+
+
+def test_ratio_replaces_part_of_the_batch(loaders):
+    train_loader, _ = loaders
+    net = TinyClassifier(2, 1, 2)
+    seen = []
+    trainer = _frozen_trainer(train_loader, net)
     handler = AdversarialBatchHandler("pgd", PGD_KWARGS, ratio=0.25)
     originals = []
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: originals.append(e.state.batch["image"].clone()))
@@ -127,15 +132,7 @@ def _one_iteration_batch(loaders, handler):
     torch.manual_seed(0)
     net = TinyClassifier(2, 1, 2)
     torch.manual_seed(torch.seed() % 1000)  # a different global state each run: only the handler's seed counts
-    trainer = SupervisedTrainer(
-        device="cpu",
-        max_epochs=1,
-        epoch_length=2,
-        train_data_loader=DataLoader(train_loader.dataset, batch_size=16),
-        network=net,
-        optimizer=torch.optim.SGD(net.parameters(), 0.0),
-        loss_function=torch.nn.CrossEntropyLoss(),
-    )
+    trainer = _frozen_trainer(DataLoader(train_loader.dataset, batch_size=16), net, epoch_length=2)
     handler.attach(trainer)
     seen = []
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.batch["image"].clone()))
@@ -266,15 +263,7 @@ class _CountingHandler(AdversarialBatchHandler):
 def test_attaching_twice_attacks_once(loaders):
     train_loader, _ = loaders
     net = TinyClassifier(2, 1, 2)
-    trainer = SupervisedTrainer(
-        device="cpu",
-        max_epochs=1,
-        epoch_length=1,
-        train_data_loader=train_loader,
-        network=net,
-        optimizer=torch.optim.SGD(net.parameters(), 0.0),
-        loss_function=torch.nn.CrossEntropyLoss(),
-    )
+    trainer = _frozen_trainer(train_loader, net)
     handler = _CountingHandler("fgsm", {"eps": 4 / 255})
     handler.attach(trainer)
     handler.attach(trainer)
@@ -287,27 +276,19 @@ def test_autoattack_by_name_turns_an_evaluator_robust(loaders):
     _, val_loader = loaders
     torch.manual_seed(0)
     net = TinyClassifier(2, 1, 2).eval()
-    evaluator = SupervisedEvaluator(
-        device="cpu",
-        val_data_loader=val_loader,
-        network=net,
-        epoch_length=1,
-        decollate=False,
-        key_val_metric={"acc": Accuracy(output_transform=_batched)},
-        val_handlers=[
-            AdversarialBatchHandler("autoattack", {"eps": 8 / 255, "steps": 2, "queries": 10, "check": False})
-        ],
-    )
-    evaluator.run()
-    clean = SupervisedEvaluator(
-        device="cpu",
-        val_data_loader=val_loader,
-        network=net,
-        epoch_length=1,
-        decollate=False,
-        key_val_metric={"acc": Accuracy(output_transform=_batched)},
-    )
-    clean.run()
-    assert evaluator.state.metrics["acc"] <= clean.state.metrics["acc"]
-    batch = evaluator.state.batch
+    runs = {}
+    aa = AdversarialBatchHandler("autoattack", {"eps": 8 / 255, "steps": 2, "queries": 10, "check": False})
+    for name, handlers in (("robust", [aa]), ("clean", [])):
+        runs[name] = SupervisedEvaluator(
+            device="cpu",
+            val_data_loader=val_loader,
+            network=net,
+            epoch_length=1,
+            decollate=False,
+            key_val_metric={"acc": Accuracy(output_transform=_batched)},
+            val_handlers=handlers,
+        )
+        runs[name].run()
+    assert runs["robust"].state.metrics["acc"] <= runs["clean"].state.metrics["acc"]
+    batch = runs["robust"].state.batch
     assert (batch["image"] - next(iter(val_loader))["image"]).abs().max() <= 8 / 255 + 1e-6

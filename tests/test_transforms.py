@@ -76,9 +76,9 @@ def test_compose_from_nifti_files(tmp_path, net2d, reader):
 
 def test_cachedataset_never_caches_the_perturbation(net2d):
     items = [{"image": torch.rand(1, 16, 16), "label": i % 3} for i in range(200)]
-    transform = RandAdversarialPerturbd(
-        keys="image", label_key="label", network=net2d, attack_kwargs=PGD_KWARGS, prob=0.5
-    )
+    # early_stop=False: every chosen sample is changed, so the changed fraction is the coin's (0.5 +- 0.035)
+    kwargs = {**PGD_KWARGS, "early_stop": False}
+    transform = RandAdversarialPerturbd(keys="image", label_key="label", network=net2d, attack_kwargs=kwargs, prob=0.5)
     transform.set_random_state(seed=0)
     cached = CacheDataset(items, transform=transform, progress=False)
     # the transform is randomizable, so the cache holds the clean samples and never an adversarial one
@@ -88,7 +88,7 @@ def test_cachedataset_never_caches_the_perturbation(net2d):
         return [not torch.equal(cached[i]["image"].as_tensor(), items[i]["image"]) for i in range(len(items))]
 
     first, second = perturbed_flags(), perturbed_flags()
-    assert 0.4 <= np.mean(first) <= 0.6 and 0.4 <= np.mean(second) <= 0.6
+    assert 0.35 <= np.mean(first) <= 0.65 and 0.35 <= np.mean(second) <= 0.65  # 4 standard deviations
     assert first != second, "a new epoch draws new perturbations"
 
 

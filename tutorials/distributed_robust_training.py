@@ -18,7 +18,6 @@ Each rank writes its final weights to ``--out/rank{r}.pt``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -28,26 +27,22 @@ from monai.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from monai_adv.benchmark.io import save_state_dict_atomic
 from monai_adv.data import BrainLesionDataset
+from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustTrainer
 from tests.models import TinyClassifier
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=64)
-    args = parser.parse_args(argv)
-    use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+def train(args: argparse.Namespace, run: RunContext) -> None:
+    """Train on this rank's shard and write this rank's final weights."""
+    device = run.device
     torch.manual_seed(0)  # the same initial weights on every rank
     data = BrainLesionDataset("train", "classification", 2, num_samples=args.samples, image_size=32)
     sampler = DistributedSampler(data, shuffle=True, seed=0)
     loader = DataLoader(data, batch_size=8, sampler=sampler)
-    net = DistributedDataParallel(TinyClassifier(2, 1, 2).to(device), device_ids=[device.index] if use_cuda else None)
+    cuda = device.type == "cuda"
+    net = DistributedDataParallel(TinyClassifier(2, 1, 2).to(device), device_ids=[device.index] if cuda else None)
     trainer = RobustTrainer(
         device=device,
         max_epochs=args.epochs,
@@ -63,9 +58,18 @@ def main(argv=None) -> None:
     # forward pass, so after the last training step the model is rank 0's: copy its buffers once more
     for buffer in net.module.buffers():
         dist.broadcast(buffer, src=0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(net.module.state_dict(), args.out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    save_state_dict_atomic(args.out / f"rank{run.rank}.pt", net.module.state_dict())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=64)
+    args = parser.parse_args(argv)
+    # the group ends only after every rank finished and the trainer and DDP wrapper of train() are freed
+    with distributed_run("cuda" if torch.cuda.is_available() else "cpu") as run:
+        train(args, run)
 
 
 if __name__ == "__main__":

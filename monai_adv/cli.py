@@ -22,6 +22,7 @@ from monai_adv.apps.arguments import (
     CommandError,
     check_count,
     check_data,
+    check_device,
     check_model,
     check_out_folder,
     check_surrogate,
@@ -80,6 +81,7 @@ def _check_sizes(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> int:
     _check_sizes(args)
     eps = parse_eps(args.eps)
+    device = check_device(args.device)
     from monai_adv.apps.demo import DemoConfig, run_demo
 
     config = DemoConfig(
@@ -91,6 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
         attacks=_csv(args.attacks) if args.attacks else None,
         full=args.full,
         seed=args.seed,
+        device=device,
         progress=not args.no_progress,
     )
     run_demo(config)
@@ -106,6 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_data(args.data)
     if not _csv(args.attacks):
         raise CommandError("--attacks: give at least one attack, e.g. fgsm,pgd-20")
+    device = check_device(args.device)
     from monai_adv.apps.evaluate import run_evaluate
 
     run_evaluate(
@@ -124,6 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=device,
         progress=not args.no_progress,
     )
     return 0
@@ -136,6 +141,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     unknown = [t for t in _csv(args.tasks) if t not in ("classification", "segmentation")]
     if unknown or not _csv(args.tasks):
         raise CommandError(f"--tasks: expected classification and/or segmentation, got {args.tasks!r}")
+    device = check_device(args.device)
     from monai_adv.benchmark.grid import GridConfig, run_grid
 
     config = GridConfig(
@@ -149,6 +155,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         train_samples=args.train_samples,
         test_samples=args.test_samples,
         seed=args.seed,
+        device=device,
         progress=not args.no_progress,
     )
     try:
@@ -164,6 +171,7 @@ def _attack(args: argparse.Namespace) -> int:
     if len(eps) != 1:
         raise CommandError(f"--eps: give one budget, got {args.eps!r}")
     check_model(args.bundle, args.checkpoint, args.network)
+    device = check_device(args.device)
     from monai_adv.apps.attack_image import run_attack
 
     run_attack(
@@ -177,6 +185,7 @@ def _attack(args: argparse.Namespace) -> int:
         label=args.label,
         norm=args.norm,
         seed=args.seed,
+        device=device,
     )
     return 0
 
@@ -206,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0, help="seed of data, training and attacks")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common.add_argument(
+        "--device",
+        help="where models and data go: cpu, cuda or cuda:N (default: cuda when torch.cuda.is_available(), else cpu)",
+    )
 
     demo = sub.add_parser(
         "demo",

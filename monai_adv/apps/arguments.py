@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from monai_adv.budgets import check_distinct_budgets
+from monai_adv.devices import DEVICE_FORM, default_device, resolve_device
 
 __all__ = [
     "CommandError",
@@ -24,6 +26,8 @@ __all__ = [
     "check_model",
     "check_data",
     "check_surrogate",
+    "check_device",
+    "default_device",
 ]
 
 DATA_KINDS = ("demo", "demo3d", "medmnist", "csv", "nifti")
@@ -136,3 +140,20 @@ def check_data(spec: str, kinds: Sequence[str] = DATA_KINDS) -> None:
         raise CommandError(f"--data: no folder {path / 'images'} (nifti: takes FOLDER/images and FOLDER/labels)")
     if kind in ("medmnist", "csv") and not path.is_file():
         raise CommandError(f"--data: {'MedMNIST file' if kind == 'medmnist' else 'CSV manifest'} not found: {path}")
+
+
+def check_device(text: Optional[str], flag: str = "--device") -> str:
+    """A ``--device``: "cpu", "cuda" or "cuda:N", a device this machine has; None (not given): :func:`default_device`.
+
+    The form is checked first, without torch; torch is imported only to ask whether the CUDA device exists.
+    """
+    if text is None:
+        return default_device()
+    value = text.strip().lower()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise CommandError(f"{flag}: expected {DEVICE_FORM}, got {text!r}")
+    try:
+        resolve_device(value, flag)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    return value

@@ -25,6 +25,7 @@ from monai_adv.apps.sources import (
 )
 from monai_adv.atomic import atomic_folder
 from monai_adv.attacks.tasks import predict
+from monai_adv.devices import resolve_device
 from monai_adv.engines import build_attack, parse_attack_specs
 from monai_adv.visualize import plot_adversarial_examples
 
@@ -60,6 +61,7 @@ def run_attack(
     norm: str = "Linf",
     seed: int = 0,
     log=print,
+    device: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Attack one image and write ``<name>_adversarial.nii.gz``, ``<name>_perturbation.nii.gz`` (same affine as
     the input) and ``<name>_preview.png`` in ``out``.
@@ -67,13 +69,18 @@ def run_attack(
     The image is min-max scaled to [0, 1] for the model (so ``eps`` is a fraction of its intensity range); the
     outputs are mapped back to the input's intensities. Without ``label`` the attack flips the model's own clean
     prediction (class, or label map for a segmentation model).
+
+    The model and the image go to ``device`` (None: ``cuda`` when available, else ``cpu``); the outputs and the
+    returned ``x_adv`` are on the host.
     """
+    device = resolve_device(device, "--device")
     if bundle is not None:
         model, _ = load_bundle(bundle)
     elif checkpoint is not None and network is not None:
         model = load_network(network, checkpoint)
     else:
         raise CommandError("give --bundle DIR, or --checkpoint FILE with --network SPEC")
+    model = model.to(device)
     try:
         spec = parse_attack_specs([attack])[0]
     except (ValueError, TypeError) as e:
@@ -92,7 +99,7 @@ def run_attack(
         )
     lo, hi = float(img.min()), float(img.max())
     scale = hi - lo if hi > lo else 1.0
-    x = ((img - lo) / scale)[None]
+    x = ((img - lo) / scale)[None].to(device)
     with torch.no_grad():
         logits = model(x.as_tensor())
     segmentation = logits.ndim > 2
@@ -102,7 +109,7 @@ def run_attack(
             raise CommandError("--label is for classifiers; a segmentation model is attacked against its own map")
         if not 0 <= label < max(logits.shape[1], 2):
             raise CommandError(f"--label must be a class index in [0, {max(logits.shape[1], 2) - 1}], got {label}")
-        y = torch.tensor([label])
+        y = torch.tensor([label], device=device)
     else:  # the model's own clean prediction: class indices (N,), or a label map (N, 1, *spatial)
         y = predict(task, logits)
         y = y[:, None] if segmentation else y
@@ -113,7 +120,9 @@ def run_attack(
     x_adv = atk.perturb(x, y).x_adv
     with torch.no_grad():
         adv_logits = model(x_adv.as_tensor())
-    adversarial = (x_adv[0] * scale + lo).detach()
+    # the outputs (files, figure, returned tensors) are on the host
+    x, x_adv, y, logits, adv_logits = (t.detach().cpu() for t in (x, x_adv, y, logits, adv_logits))
+    adversarial = x_adv[0] * scale + lo
     perturbation = adversarial - img
     if squeezed:
         img, adversarial, perturbation = img[..., None], adversarial[..., None], perturbation[..., None]

@@ -22,6 +22,7 @@ from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import markdown_table, write_reports
 from monai_adv.benchmark.training import train_with_defense
 from monai_adv.data import BrainLesionDataset
+from monai_adv.devices import host_state_dict, resolve_device
 from monai_adv.engines import FULL_SURVEY_ATTACKS, SURVEY_ATTACKS, RobustnessEvaluator, RobustnessEvents
 from monai_adv.visualize import plot_adversarial_examples, plot_gradcam, plot_robustness_curves
 
@@ -45,6 +46,8 @@ class DemoConfig:
             plus Square-5000 and SimBA-DCT when ``full``.
         full: add the black-box attacks.
         seed: seed of data, training and attacks.
+        device: where the models train and are attacked ("cpu", "cuda", "cuda:1", ...); None: ``cuda`` when
+            available, else ``cpu``.
         progress: show progress bars.
     """
 
@@ -58,6 +61,7 @@ class DemoConfig:
     attacks: Optional[Sequence[Any]] = None
     full: bool = False
     seed: int = 0
+    device: Optional[str] = None
     progress: bool = True
     batch_size: int = 100
     timings: Dict[str, float] = field(default_factory=dict)
@@ -68,13 +72,13 @@ def demo_network() -> torch.nn.Module:
     return small_classifier(1, 2)
 
 
-def _train(config: DemoConfig, method: str, train: BrainLesionDataset, log) -> torch.nn.Module:
+def _train(config: DemoConfig, method: str, train: BrainLesionDataset, device: torch.device, log) -> torch.nn.Module:
     path = config.out / "models" / f"{method}.pt"
     network = demo_network()
-    if path.exists():  # a finished model of an earlier run of the same folder
-        network.load_state_dict(torch.load(path, weights_only=True))
+    if path.exists():  # a finished model of an earlier run of the same folder (saved from the host)
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         log(f"loaded {path}")
-        return network.eval()
+        return network.to(device).eval()
     torch.manual_seed(config.seed)
     network = demo_network()
     start = time.perf_counter()
@@ -85,17 +89,19 @@ def _train(config: DemoConfig, method: str, train: BrainLesionDataset, log) -> t
         eps=config.train_eps,
         epochs=config.epochs,
         seed=config.seed,
+        device=device,
         progress=config.progress,
         description=f"train {method}",
     )
     config.timings[f"train {method}"] = time.perf_counter() - start
-    save_state_dict_atomic(path, network.state_dict())
+    save_state_dict_atomic(path, host_state_dict(network))
     return network
 
 
 def run_demo(config: DemoConfig, log=print) -> Dict[str, Any]:
     """Run the demo and return ``{"reports": {method: report}, "paths": {...}}``."""
     config.out = Path(config.out)
+    device = resolve_device(config.device)
     size = config.image_size
     train = BrainLesionDataset("train", "classification", 2, num_samples=config.train_samples, image_size=size)
     test = BrainLesionDataset("test", "classification", 2, num_samples=config.test_samples, image_size=size)
@@ -104,12 +110,12 @@ def run_demo(config: DemoConfig, log=print) -> Dict[str, Any]:
         f"monai-adv demo: lesion present/absent on {size}x{size} brain MRI slices (real anatomy, simulated lesions); "
         f"{config.train_samples} training / {config.test_samples} test slices"
     )
-    networks = {name: _train(config, method, train, log) for name, method in METHODS.items()}
+    networks = {name: _train(config, method, train, device, log) for name, method in METHODS.items()}
     reports: Dict[str, Dict[str, Any]] = {}
     examples: Dict[str, Dict[str, torch.Tensor]] = {}
     for name, network in networks.items():
         evaluator = RobustnessEvaluator(
-            device="cpu",
+            device=device,
             val_data_loader=DataLoader(test, batch_size=config.batch_size),
             network=network,
             attacks=attacks,

@@ -25,6 +25,7 @@ from monai_adv.apps.sources import (
 )
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import markdown_table, write_reports
+from monai_adv.devices import resolve_device
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
 from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
 
@@ -49,11 +50,15 @@ def run_evaluate(
     seed: int = 0,
     progress: bool = True,
     log=print,
+    device: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``."""
+    """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``.
+
+    The models and the batches go to ``device`` (None: ``cuda`` when available, else ``cpu``)."""
     check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
     check_count(batch_size, "--batch-size")
     check_out_folder(Path(out))
+    device = resolve_device(device, "--device")
     preprocessing = None
     if bundle is not None:
         model, parser = load_bundle(bundle)
@@ -67,11 +72,12 @@ def run_evaluate(
         model, name = load_network(network, checkpoint), Path(checkpoint).stem
     else:
         raise CommandError("give --bundle DIR, or --checkpoint FILE with --network SPEC")
+    model = model.to(device)
     surrogate = None
     if surrogate_checkpoint is not None or surrogate_network is not None:
         if surrogate_checkpoint is None or surrogate_network is None:
             raise CommandError("the transfer setting needs both --surrogate-checkpoint and --surrogate-network")
-        surrogate = load_network(surrogate_network, surrogate_checkpoint)
+        surrogate = load_network(surrogate_network, surrogate_checkpoint).to(device)
     dataset = load_data(data, samples, preprocessing)
     if len(dataset) == 0:
         raise CommandError(f"--data {data}: no samples")
@@ -82,7 +88,7 @@ def run_evaluate(
     check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
     try:
         evaluator = RobustnessEvaluator(
-            device="cpu",
+            device=device,
             val_data_loader=DataLoader(dataset, batch_size=batch_size),
             network=model,
             attacks=attacks,

@@ -29,6 +29,7 @@ from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.training import TRAINING_METHODS, train_with_defense
 from monai_adv.data import BrainLesionDataset, MedMNISTDataset
 from monai_adv.defenses.registry import defense_class
+from monai_adv.devices import host_state_dict, resolve_device
 from monai_adv.engines import SURVEY_ATTACKS, RobustnessEvaluator, RobustnessEvents, eps_label, parse_attack_specs
 
 __all__ = ["GridConfig", "SEGMENTATION_ATTACKS", "run_grid", "grid_markdown", "grid_csv", "method_reports"]
@@ -56,6 +57,8 @@ class GridConfig:
             :data:`SEGMENTATION_ATTACKS`.
         epochs, train_samples, test_samples, image_size, batch_size: training and data sizes.
         seed: seed of data order, initialisation and attacks.
+        device: where the models train and are attacked ("cpu", "cuda", "cuda:1", ...); None: ``cuda`` when
+            available, else ``cpu``. Not a result setting: a run may resume on another device.
         progress: show progress bars.
     """
 
@@ -71,6 +74,7 @@ class GridConfig:
     image_size: int = 32
     batch_size: int = 100
     seed: int = 0
+    device: Optional[str] = None
     progress: bool = True
 
 
@@ -176,6 +180,7 @@ def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> Dict[str
     if config.test_samples < 1 or config.train_samples < 1 or config.epochs < 1:
         raise ValueError("`epochs`, `train_samples` and `test_samples` must be >= 1.")
     parse_attack_specs(list(config.attacks or SURVEY_ATTACKS))  # unknown attacks fail before any training
+    device = resolve_device(config.device)
     cells = _cells(config)
     _check_resume(out, config)
     done: Dict[Tuple[str, str, float], Dict[str, Any]] = {}
@@ -189,9 +194,9 @@ def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> Dict[str
             data[task] = _datasets(config, task)
         train, test, channels, classes = data[task]
         log(f"cell {len(done) + 1}/{len(cells)}: {task}, {method}, eps {eps_label(eps)}")
-        network = _trained(config, task, method, eps, train, channels, classes)
+        network = _trained(config, task, method, eps, train, channels, classes, device)
         evaluator = RobustnessEvaluator(
-            device="cpu",
+            device=device,
             val_data_loader=DataLoader(test, batch_size=config.batch_size),
             network=network,
             attacks=list(SEGMENTATION_ATTACKS if task == "segmentation" else (config.attacks or SURVEY_ATTACKS)),
@@ -220,22 +225,23 @@ def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> Dict[str
     return {"cells": done, "tables": tables}
 
 
-def _trained(config, task, method, eps, train, channels, classes) -> torch.nn.Module:
-    """The model of a cell: loaded when an earlier run finished training it, else trained and saved."""
+def _trained(config, task, method, eps, train, channels, classes, device) -> torch.nn.Module:
+    """The model of a cell, on ``device``: loaded when an earlier run finished training it, else trained and saved
+    (from the host, so that a run resumes on any device)."""
     tag = "nat" if method == "nat" else _tag(method, eps)
     path = Path(config.out) / "models" / task / f"{tag}.pt"
     network = _network(task, channels, classes)
     if path.is_file():
         try:
-            network.load_state_dict(torch.load(path, weights_only=True))
+            network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as e:  # a truncated or foreign file
             raise ValueError(
                 f"{path} is not a readable model ({e}); delete it to retrain, or give a new --out"
             ) from None
-        return network.eval()
+        return network.to(device).eval()
     helper = None
     if method == "hat":
-        helper = _trained(config, task, "nat", eps, train, channels, classes)
+        helper = _trained(config, task, "nat", eps, train, channels, classes, device)
     torch.manual_seed(config.seed)
     network = _network(task, channels, classes)
     train_with_defense(
@@ -247,10 +253,11 @@ def _trained(config, task, method, eps, train, channels, classes) -> torch.nn.Mo
         seed=config.seed,
         helper=helper,
         defense_kwargs={"loss": "dice"} if task == "segmentation" and method != "nat" else None,
+        device=device,
         progress=config.progress,
         description=f"train {method} {eps_label(eps)}",
     )
-    save_state_dict_atomic(path, network.state_dict())
+    save_state_dict_atomic(path, host_state_dict(network))
     return network
 
 

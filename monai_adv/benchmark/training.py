@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from monai.data import DataLoader
@@ -16,6 +16,7 @@ from monai.utils import optional_import, set_determinism
 
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.defenses import make_defense
+from monai_adv.devices import resolve_device
 from monai_adv.engines import RobustTrainer
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -37,13 +38,14 @@ def train_with_defense(
     seed: int = 0,
     helper: Optional[torch.nn.Module] = None,
     defense_kwargs: Optional[Dict[str, Any]] = None,
-    device: str = "cpu",
+    device: Optional[Union[str, torch.device]] = None,
     progress: bool = False,
     description: Optional[str] = None,
 ) -> torch.nn.Module:
     """Train ``network`` in place with the defense ``method`` at budget ``eps`` and return it in eval mode.
 
-    The run is deterministic for a given ``seed`` on the CPU (data order, initial random state).
+    The run is deterministic for a given ``seed`` on the CPU (data order, initial random state). ``network`` (and
+    HAT's ``helper``) are moved to ``device``.
 
     Args:
         network: the network to train.
@@ -54,10 +56,11 @@ def train_with_defense(
         seed: seed of the data order and of the random state.
         helper: HAT's helper model (a naturally trained network), required by "hat".
         defense_kwargs: further arguments of the defense (e.g. ``{"beta": 6.0}`` for TRADES).
-        device: where to train.
+        device: where to train ("cpu", "cuda", "cuda:1", ...); None: ``cuda`` when available, else ``cpu``.
         progress: show a progress bar with an ETA.
         description: the progress bar's label.
     """
+    device = resolve_device(device)
     key = method.strip().lower().replace("-", "_")
     kwargs: Dict[str, Any] = dict(defense_kwargs or {})
     if key != "nat":
@@ -67,14 +70,14 @@ def train_with_defense(
     if key == "hat":
         if helper is None:
             raise ValueError('`helper` (a naturally trained model) is required for method="hat".')
-        kwargs["helper"] = helper.eval()
+        kwargs["helper"] = helper.to(device).eval()
     defense = make_defense(key, **kwargs)
     set_determinism(seed=seed)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator)
     network.to(device)
     trainer = RobustTrainer(
-        device=torch.device(device),
+        device=device,
         max_epochs=epochs,
         train_data_loader=loader,
         network=network,

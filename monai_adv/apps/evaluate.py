@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from monai.data import DataLoader
+from monai.data import DataLoader, DistributedSampler
 
 from monai_adv.apps.arguments import check_count, check_out_folder
 from monai_adv.apps.sources import (
@@ -26,10 +26,14 @@ from monai_adv.apps.sources import (
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import markdown_table, write_reports
 from monai_adv.devices import resolve_device
+from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
 from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
 
-__all__ = ["run_evaluate"]
+__all__ = ["run_evaluate", "PROGRESS_FOLDER"]
+
+#: the folder of ``out`` holding the per-sample outcomes as the run goes (what a rerun resumes from)
+PROGRESS_FOLDER = "progress"
 
 
 def run_evaluate(
@@ -54,11 +58,42 @@ def run_evaluate(
 ) -> Dict[str, Any]:
     """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``.
 
-    The models and the batches go to ``device`` (None: ``cuda`` when available, else ``cpu``)."""
+    The models and the batches go to ``device`` (None: ``cuda`` when available, else ``cpu``). Under ``torchrun``
+    with several processes, each rank evaluates its shard of the data on its device (``cuda`` becomes
+    ``cuda:<LOCAL_RANK>``; NCCL on GPUs, gloo on CPU) and rank 0 writes the report, equal to the single-process one.
+    The per-sample outcomes are written to ``out/progress`` batch by batch: rerunning the same command resumes a
+    killed run (a different command into the same ``out`` is refused); delete ``out/progress`` to start anew."""
+    arguments = dict(locals())
     check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
     check_count(batch_size, "--batch-size")
     check_out_folder(Path(out))
     device = resolve_device(device, "--device")
+    with distributed_run(device) as run:
+        return _evaluate_run(run, **{k: v for k, v in arguments.items() if k != "device"})
+
+
+def _evaluate_run(
+    run: RunContext,
+    data: str,
+    attacks: Sequence[Any],
+    eps: Sequence[float],
+    out: Path,
+    bundle: Optional[Path],
+    checkpoint: Optional[Path],
+    network: Optional[str],
+    surrogate_checkpoint: Optional[Path],
+    surrogate_network: Optional[str],
+    norm: str,
+    value_range: Optional[Sequence[float]],
+    task: str,
+    samples: Optional[int],
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    log,
+) -> Dict[str, Any]:
+    """The evaluation of this process (of this rank under torchrun); rank 0 writes the report folder."""
+    device = run.device
     preprocessing = None
     if bundle is not None:
         model, parser = load_bundle(bundle)
@@ -86,10 +121,12 @@ def run_evaluate(
         raise CommandError(f"--data {data}: samples must be dicts with 'image' and 'label'")
     check_channels(model, torch.as_tensor(first["image"]))
     check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
+    # each rank attacks its shard (no padding: a sample is evaluated once); the evaluator gathers the outcomes
+    sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False) if run.world_size > 1 else None
     try:
         evaluator = RobustnessEvaluator(
             device=device,
-            val_data_loader=DataLoader(dataset, batch_size=batch_size),
+            val_data_loader=DataLoader(dataset, batch_size=batch_size, sampler=sampler),
             network=model,
             attacks=attacks,
             eps=eps,
@@ -99,13 +136,17 @@ def run_evaluate(
             surrogate=surrogate,
             seed=seed,
             keep_examples=8,
+            progress_dir=Path(out) / PROGRESS_FOLDER,
+            run_settings={"data": data, "samples": len(dataset)},
         )
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e
     steps = evaluator.total_attack_runs * len(evaluator.data_loader)
-    attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, f"attack {name}", progress)
+    attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, f"attack {name}", progress and run.is_main)
     evaluator.run()
     report = evaluator.report(model={"name": name}, data={"name": data, "samples": len(dataset)})
+    if not run.is_main:
+        return {"report": report, "paths": {}, "table": ""}
     paths = write_reports({name: report}, out)
     paths["curves"] = plot_robustness_curves({name: report}, Path(out) / "robustness_curves.png")
     ex = evaluator.state.examples

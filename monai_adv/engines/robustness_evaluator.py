@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import default_prepare_batch
 from monai.inferers import Inferer, SimpleInferer
 from monai.networks.utils import eval_mode
 from monai.utils import optional_import
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from monai_adv.attacks import (
     AttackResult,
@@ -29,6 +32,7 @@ from monai_adv.attacks import (
 )
 from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
+from monai_adv.distributed import all_gather_objects
 from monai_adv.engines.attack_suite import (
     AttackSpec,
     build_attack,
@@ -36,6 +40,7 @@ from monai_adv.engines.attack_suite import (
     eps_label,
     parse_attack_specs,
 )
+from monai_adv.engines.evaluation_progress import CellRows, EvaluationProgress, model_fingerprint
 from monai_adv.engines.robust_trainer import NetworkCall
 from monai_adv.engines.robustness_results import RobustnessResults, derived_success
 from monai_adv.metrics import (
@@ -106,7 +111,22 @@ class RobustnessEvaluator(SupervisedEvaluator):
     setting the attacks call it so too (a surrogate is called with the inputs alone).
 
     The evaluator needs input gradients: attacks run with gradients enabled inside the iteration and leave the
-    network (and surrogate) exactly as they found them. It runs in one process.
+    network (and surrogate) exactly as they found them.
+
+    Every cell keeps per-sample rows indexed by the sample's position in the data set (see
+    :class:`~monai_adv.engines.robustness_results.CellAccumulator`); the positions come from the loader's sampler
+    when it is a ``SequentialSampler`` (``shuffle=False``) or a ``DistributedSampler``, else from the order the
+    samples arrive in. Because the attacks are seeded per sample by content, a sample's outcome does not depend on
+    its batch, so:
+
+    - under ``torchrun`` (a process group is running), each rank evaluates the shard its ``DistributedSampler``
+      gives it; at the end of the run the rows of all ranks are gathered (a sample that a padding sampler gives to
+      two ranks counts once) and every rank holds the results of the whole data set: the report equals the
+      single-process one, per sample, except the wall times and the sanity-check notes (rank 0's first batch).
+      Use ``monai.data.DistributedSampler(dataset, shuffle=False, even_divisible=False)`` (no padding);
+    - with ``progress_dir``, the rows of every batch are written there as soon as the batch is done; a run with the
+      same settings resumes from them: a batch whose samples are all stored is skipped (loaded, not attacked), and
+      the report equals an uninterrupted run's (except the wall times of the batches recomputed).
 
     Args:
         device: device the batches are moved to.
@@ -150,6 +170,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
             values go into each cell's ``"metrics"`` of the report under ``name`` (None where not finite) and into
             ``state.metrics`` as ``"clean/<name>"`` and ``"<attack>@<eps>/<name>"``. Names must not be those of
             the built-in entries (accuracy, recall, precision, f1, auc, dice, iou, seconds, success_rate).
+        progress_dir: a folder where the per-sample outcomes are written batch by batch (see
+            :class:`~monai_adv.engines.evaluation_progress.EvaluationProgress`), so that a killed run resumes; None
+            keeps them in memory only. A folder written with other settings is refused.
+        run_settings: more settings the outcomes depend on (JSON-serialisable, e.g. the model's checkpoint and the
+            data), recorded in ``progress_dir`` with the evaluator's own (:meth:`settings`).
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -181,6 +206,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         to_kwargs: Optional[dict] = None,
         amp_kwargs: Optional[dict] = None,
         additional_metrics: Optional[Mapping[str, Any]] = None,
+        progress_dir: Optional[Union[str, Path]] = None,
+        run_settings: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
@@ -231,8 +258,71 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._attacks: Dict[Tuple[str, float], Any] = {}
         self._build_attacks(task)  # early errors for bad attack arguments
         self.results: Optional[RobustnessResults] = None
+        self.run_settings = dict(run_settings or {})
+        self._check_sampler(progress_dir)
+        self.progress = None if progress_dir is None else EvaluationProgress(progress_dir, self.settings())
+        self._planned: Optional[Iterator[List[int]]] = None
+        self._next_index = 0
+        self._done: Set[int] = set()
+        self._stored: List[List[CellRows]] = []
+        self._notes_stored = False
         self.add_event_handler(Events.EPOCH_STARTED, self._start_results)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_results)
+
+    def settings(self) -> Dict[str, Any]:
+        """The settings the per-sample outcomes depend on (with ``run_settings``), JSON-ready; the network and the
+        surrogate enter by a digest of their weights (:func:`model_fingerprint`)."""
+        return {
+            "attacks": [{"name": s.name, "attack": s.attack, "kwargs": dict(s.kwargs)} for s in self.specs],
+            "eps": list(self.eps_values),
+            "norm": self.norm,
+            "value_range": None if self.value_range is None else [float(v) for v in self.value_range],
+            "task": self.task,
+            "setting": self.setting,
+            "mask_key": self.mask_key,
+            "seed": self.seed,
+            "early_stop": self.early_stop,
+            "seg_success_ratio": self.seg_success_ratio,
+            "check": self.check,
+            "additional_metrics": {k: type(v).__name__ for k, v in self.additional_metrics.items()},
+            "network": model_fingerprint(self.network),
+            "surrogate": model_fingerprint(self.surrogate),
+            **self.run_settings,
+        }
+
+    @staticmethod
+    def _distributed() -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _indexed_sampler(self) -> bool:
+        """Whether the loader says which data-set sample each batch row is (a deterministic sampler)."""
+        sampler = getattr(self.data_loader, "sampler", None)
+        batches = getattr(self.data_loader, "batch_sampler", None)
+        return batches is not None and isinstance(sampler, (SequentialSampler, DistributedSampler))
+
+    def _check_sampler(self, progress_dir: Optional[Union[str, Path]]) -> None:
+        if (progress_dir is not None or self._distributed()) and not self._indexed_sampler():
+            why = "resuming from `progress_dir`" if progress_dir is not None else "a multi-process evaluation"
+            raise ValueError(
+                f"{why} needs to know which data-set sample each batch row is: give a DataLoader with shuffle=False "
+                "(SequentialSampler) or with a DistributedSampler (e.g. monai.data.DistributedSampler(dataset, "
+                f"shuffle=False, even_divisible=False)), got a sampler of type "
+                f"{type(getattr(self.data_loader, 'sampler', None)).__name__}."
+            )
+
+    def _batch_index(self, n: int) -> torch.Tensor:
+        """The data-set indices of the next batch of ``n`` samples."""
+        if self._planned is None:
+            index = torch.arange(self._next_index, self._next_index + n)
+            self._next_index += n
+            return index
+        planned = next(self._planned, None)
+        if planned is None or len(planned) != n:
+            raise RuntimeError(
+                f"The batch holds {n} samples but the loader's batch sampler planned {planned}: the evaluator reads "
+                "each sample's index from the batch sampler, so the loader must yield its batches as planned."
+            )
+        return torch.as_tensor(planned, dtype=torch.long)
 
     @property
     def total_attack_runs(self) -> int:
@@ -275,6 +365,28 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.results = None
         self.notes = []
         self.state.examples = {}
+        self._next_index = 0
+        self._planned = iter([list(b) for b in self.data_loader.batch_sampler]) if self._indexed_sampler() else None
+        self._stored, self._done, self._notes_stored = [], set(), False
+        if self.progress is not None:
+            self._stored = self.progress.load_batches()
+            self._done = EvaluationProgress.done_indices(self._stored)
+            notes = self.progress.notes()
+            self._notes_stored = notes is not None
+            self.notes = list(notes or [])
+            self.state.examples = self.progress.examples()
+
+    def _new_results(self, task: str, num_classes: int) -> RobustnessResults:
+        if task != self.task:
+            self._build_attacks(task)
+        return RobustnessResults(
+            task,
+            num_classes,
+            self.eps_values,
+            [s.name for s in self.specs],
+            self.seg_success_ratio,
+            self.additional_metrics,
+        )
 
     def _forward(self, x: torch.Tensor, *args: Any, what: str = "the clean input", **kwargs: Any) -> torch.Tensor:
         # in eval mode, score through an eval view (the network's flags are never flipped, so another thread may
@@ -306,26 +418,26 @@ class RobustnessEvaluator(SupervisedEvaluator):
             if not isinstance(batchdata, Mapping) or self.mask_key not in batchdata:
                 raise KeyError(f"`mask_key` {self.mask_key!r} is not a key of the batch.")
             mask = batchdata[self.mask_key].to(inputs.device)
+        index = engine._batch_index(int(inputs.shape[0]))
+        if engine._done and all(int(i) in engine._done for i in index.tolist()):  # stored by an earlier run
+            for _ in range(engine.total_attack_runs):
+                engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
+            engine.state.output = {"image": inputs, "label": targets, "skipped": True}
+            return engine.state.output
         clean_logits = engine._forward(inputs, *args, **kwargs)
         engine._set_call_arguments(args, kwargs)
         if engine.results is None:
             task = infer_task(self.task, clean_logits, torch.as_tensor(targets))
-            if task != self.task:
-                engine._build_attacks(task)
-            engine.results = RobustnessResults(
-                task,
-                clean_logits.shape[1],
-                engine.eps_values,
-                [s.name for s in engine.specs],
-                self.seg_success_ratio,
-                self.additional_metrics,
-            )
-            if self.check:
+            engine.results = engine._new_results(task, clean_logits.shape[1])
+            if engine.progress is not None:
+                engine.progress.save_header(task, clean_logits.shape[1])
+            if self.check and not engine._notes_stored:
                 engine._sanity_checks(inputs, targets, task)
         results = engine.results
         labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
         clean = sample_outcome(results.task, clean_logits, labels)
-        results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0)
+        clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index)
+        batch_cells: List[CellRows] = [[None, None, clean_rows]]
         output = {"image": inputs, "label": targets, "pred": clean_logits}
         for eps in engine.eps_values:
             adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
@@ -345,23 +457,30 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 success = success.to(device=outcome.correct.device, dtype=torch.bool)
                 any_success = success if any_success is None else any_success | success
                 norms = perturbation_norms(inputs, x_adv)
-                results.cell(spec.name, eps).add(
-                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count, success
+                rows = results.cell(spec.name, eps).add(
+                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count, success, index
                 )
+                batch_cells.append([spec.name, eps, rows])
                 adversarial.append((x_adv.detach().as_subclass(torch.Tensor), adv_logits, outcome, norms))
                 engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
             worst = self._worst_case(adversarial)
             if len(adversarial) > 1:
                 seconds = sum(c.seconds_last for c in (results.cell(s.name, eps) for s in engine.specs))
                 queries = sum(c.queries_last for c in (results.cell(s.name, eps) for s in engine.specs))
-                results.cell(WORST_CASE, eps).add(
-                    worst[1], labels, worst[2], clean, worst[3], seconds, queries, any_success
+                rows = results.cell(WORST_CASE, eps).add(
+                    worst[1], labels, worst[2], clean, worst[3], seconds, queries, any_success, index
                 )
+                batch_cells.append([WORST_CASE, eps, rows])
             if eps == engine.eps_values[-1]:
                 output["adversarial_image"], output["adversarial_pred"] = worst[0], worst[1]
                 engine._keep_examples(inputs, targets, clean, worst)
+        if engine.progress is not None:
+            engine.progress.save_batch(engine._rank(), index, batch_cells)
         engine.state.output = output
         return output
+
+    def _rank(self) -> int:
+        return dist.get_rank() if self._distributed() else 0
 
     @staticmethod
     def _worst_case(adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]]):
@@ -397,10 +516,31 @@ class RobustnessEvaluator(SupervisedEvaluator):
             "adversarial_pred": worst[2].predictions[:room].cpu(),
         }
         self.state.examples = new if not kept else {k: torch.cat([kept[k], v]) for k, v in new.items()}
+        if self.progress is not None and self._rank() == 0:
+            self.progress.save_examples(self.state.examples)
 
     def _finish_results(self, engine: RobustnessEvaluator) -> None:
+        """Join the rows of every rank and of the batches stored by earlier runs; fill ``state.metrics``."""
+        if self._distributed() or self._stored:
+            local = None
+            if self.results is not None:
+                local = {"task": self.results.task, "num_classes": self.results.num_classes, "cells": None}
+                local["cells"] = self.results.export()
+            gathered = [g for g in all_gather_objects(local) if g is not None]
+            notes = all_gather_objects(list(self.notes))[0]  # rank 0's
+            header = gathered[0] if gathered else (self.progress.header() if self.progress is not None else None)
+            if header is None:
+                return
+            self.results = self._new_results(header["task"], header["num_classes"])
+            for part in gathered:
+                self.results.extend(part["cells"])
+            for cells in self._stored:
+                self.results.extend(cells)
+            self.notes = list(notes)
         if self.results is None:
             return
+        if self.progress is not None and self.check and not self._notes_stored and self._rank() == 0:
+            self.progress.save_notes(self.notes)
         self.state.metrics.update(self.results.flat_metrics(self.value_range))
 
     def _sanity_checks(self, inputs: torch.Tensor, targets: Any, task: str) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from monai_adv import __version__
 from monai_adv.metrics import PRIMARY_METRIC, AdditionalMetrics, SampleOutcome, make_task_metrics
+from monai_adv.metrics.rows import Rows, concat_rows, select_rows
 
 __all__ = ["CellAccumulator", "RobustnessResults", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION", "derived_success"]
 
@@ -38,7 +39,13 @@ def derived_success(task: str, outcome: SampleOutcome, clean: SampleOutcome, seg
 
 
 class CellAccumulator:
-    """Everything measured for one attack at one budget (or the clean inputs), accumulated over batches.
+    """Everything measured for one attack at one budget (or the clean inputs), kept as per-sample rows.
+
+    Each batch adds one row per sample: its index in the data set, whether it is right, its quality (margin or Dice),
+    whether it was eligible and broken, its perturbation norms, its share of the batch's wall time and model queries,
+    and the rows of the task's metrics and of the additional metrics. The summary is computed from the rows of all
+    samples in index order, a sample added twice counting once, so the rows of several batches, processes or runs
+    give the same summary as one uninterrupted single-process run.
 
     Args:
         task: the task.
@@ -60,13 +67,7 @@ class CellAccumulator:
         self.ratio = seg_success_ratio
         self.metrics = make_task_metrics(task, num_classes)
         self.additional = AdditionalMetrics(additional_metrics or {}, task, num_classes)
-        self.correct: List[torch.Tensor] = []
-        self.quality: List[torch.Tensor] = []
-        self.broken = 0
-        self.eligible = 0
-        self.norms: List[torch.Tensor] = []
-        self.seconds = 0.0
-        self.queries = 0
+        self.parts: List[Rows] = []
         self.seconds_last = 0.0
         self.queries_last = 0
 
@@ -80,44 +81,81 @@ class CellAccumulator:
         seconds: float,
         queries: int,
         success: Optional[torch.Tensor] = None,
-    ) -> None:
+        index: Optional[torch.Tensor] = None,
+    ) -> Rows:
         """Add a batch: the logits and per-sample outcome on the (adversarial) inputs, the clean outcome, the
-        per-sample perturbation norms (N, 2) or None for clean inputs, the wall time, the model queries and the
-        per-sample attack success (None: read from the outcomes, see :func:`derived_success`).
+        per-sample perturbation norms (N, 2) or None for clean inputs, the wall time, the model queries, the
+        per-sample attack success (None: read from the outcomes, see :func:`derived_success`) and the samples'
+        indices in the data set (None: they follow the samples added before). Returns the batch's rows.
 
         A sample is eligible when its clean prediction is right (classification, multi-label) or its clean Dice
         is above 0 (segmentation); it is broken when it is eligible and the attack succeeded on it."""
-        self.metrics.update(logits, labels, outcome.predictions)
-        self.additional.update(outcome.predictions, labels)
-        self.correct.append(outcome.correct.cpu())
-        self.quality.append(outcome.quality.cpu())
+        n = int(outcome.correct.shape[0])
+        if index is None:
+            index = torch.arange(self.num_rows, self.num_rows + n)
         eligible = (clean.quality > 0) if self.task == "segmentation" else clean.correct
         if success is None:
             success = derived_success(self.task, outcome, clean, self.ratio)
         broken = eligible & success.to(device=eligible.device, dtype=torch.bool)
-        self.eligible += int(eligible.sum())
-        self.broken += int(broken.sum())
+        rows: Rows = {
+            "index": torch.as_tensor(index, dtype=torch.long).cpu(),
+            "correct": outcome.correct.cpu(),
+            "quality": outcome.quality.cpu(),
+            "eligible": eligible.cpu(),
+            "broken": broken.cpu(),
+            "seconds": torch.full((n,), seconds / max(n, 1), dtype=torch.float64),
+            "queries": torch.full((n,), int(queries) / max(n, 1), dtype=torch.float64),
+        }
         if norms is not None:
-            self.norms.append(norms.cpu())
-        self.seconds += seconds
-        self.queries += int(queries)
+            rows["norms"] = norms.cpu()
+        rows.update({f"task/{k}": v for k, v in self.metrics.rows(logits, labels, outcome.predictions).items()})
+        rows.update({f"metric/{k}": v for k, v in self.additional.rows(outcome.predictions, labels).items()})
+        self.parts.append(rows)
         self.seconds_last, self.queries_last = seconds, int(queries)
+        return rows
+
+    def extend(self, rows: Rows) -> None:
+        """Add rows made elsewhere (another process, an earlier run)."""
+        if rows and rows["index"].numel():
+            self.parts.append(dict(rows))
+
+    @property
+    def num_rows(self) -> int:
+        return sum(int(p["index"].numel()) for p in self.parts)
+
+    def rows(self) -> Rows:
+        """The rows of every sample, in index order, each sample once (the first rows added for it)."""
+        rows = concat_rows(self.parts)
+        if not rows:
+            return rows
+        order = torch.sort(rows["index"], stable=True).indices
+        index = rows["index"][order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        return select_rows(rows, order[first])
 
     @property
     def num_samples(self) -> int:
-        return sum(int(c.numel()) for c in self.correct)
+        return int(self.rows()["index"].numel()) if self.parts else 0
 
     def summary(self) -> Dict[str, Any]:
         """The metrics of the task plus success rate, perturbation norms, time and queries."""
-        n = self.num_samples
-        values = {**self.metrics.compute(), **self.additional.compute()}
+        if not self.parts:
+            raise RuntimeError("No batch was added to the metrics.")
+        rows = self.rows()
+        n = int(rows["index"].numel())
+        task_rows = {k[len("task/") :]: v for k, v in rows.items() if k.startswith("task/")}
+        metric_rows = {k[len("metric/") :]: v for k, v in rows.items() if k.startswith("metric/")}
+        values = {**self.metrics.compute_rows(task_rows), **self.additional.compute_rows(metric_rows)}
         out: Dict[str, Any] = {"metrics": {k: _number(v) for k, v in values.items()}}
-        out["success_rate"] = _number(self.broken / self.eligible) if self.eligible else None
-        if self.norms:
-            norms = torch.cat(self.norms)
+        eligible = int(rows["eligible"].sum())
+        out["success_rate"] = _number(int(rows["broken"].sum()) / eligible) if eligible else None
+        if "norms" in rows:
+            norms = rows["norms"]
             out["linf_mean"], out["linf_max"] = float(norms[:, 0].mean()), float(norms[:, 0].max())
             out["l2_mean"] = float(norms[:, 1].mean())
-        out.update(seconds=self.seconds, queries_per_sample=self.queries / n if n else 0.0, samples=n)
+        seconds, queries = float(rows["seconds"].sum()), float(rows["queries"].sum())
+        out.update(seconds=seconds, queries_per_sample=queries / n if n else 0.0, samples=n)
         return out
 
 
@@ -158,6 +196,18 @@ class RobustnessResults:
         if key not in self.cells:
             self.cells[key] = CellAccumulator(self.task, self.num_classes, self.ratio, self.additional_metrics)
         return self.cells[key]
+
+    def extend(self, cells: Sequence[Sequence[Any]]) -> None:
+        """Add rows made elsewhere: ``[[attack or None (clean), eps or None, rows], ...]`` as :meth:`export` gives."""
+        for attack, eps, rows in cells:
+            (self.clean if attack is None else self.cell(attack, eps)).extend(rows)
+
+    def export(self) -> List[List[Any]]:
+        """The rows of every cell, ``[[None, None, clean rows], [attack, eps, rows], ...]`` (host tensors)."""
+        cells: List[List[Any]] = [[None, None, concat_rows(self.clean.parts)]]
+        for (attack, eps), cell in self.cells.items():
+            cells.append([attack, eps, concat_rows(cell.parts)])
+        return cells
 
     def rows(self) -> List[Tuple[str, float, CellAccumulator]]:
         """The cells in report order: budgets ascending, attacks in suite order, the worst case last."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import min_version, optional_import
+
+from monai_adv.metrics.rows import Rows, concat_rows
 
 IgniteMetric, _has_ignite = optional_import("ignite.metrics", "0.4.11", min_version, "Metric")
 IgniteMetricHandler, _has_handler = optional_import("monai.handlers.ignite_metric", name="IgniteMetricHandler")
@@ -50,8 +52,8 @@ def check_additional_metrics(metrics: Optional[Mapping[str, Any]]) -> Dict[str, 
         )
     checked: Dict[str, Any] = {}
     for name, metric in metrics.items():
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"`additional_metrics` names must be non-empty strings without '/', got {name!r}.")
+        if not isinstance(name, str) or not name or "/" in name or "#" in name:
+            raise ValueError(f"`additional_metrics` names must be non-empty strings without '/' or '#', got {name!r}.")
         if name in RESERVED_METRIC_NAMES:
             raise ValueError(
                 f"`additional_metrics` name {name!r} is taken by a built-in entry of the report "
@@ -103,15 +105,22 @@ def _reduce(value: Any) -> float:
     return float(values.mean()) if values.numel() else math.nan
 
 
+#: samples fed to an ignite metric at a time when it is computed from rows
+_IGNITE_CHUNK = 256
+
+
 class AdditionalMetrics:
     """Fresh copies of user metrics for one evaluation cell, fed with one-hot predictions and labels.
 
-    Every metric gets ``y_pred`` and ``y`` from :func:`one_hot_inputs`: a MONAI ``CumulativeIterationMetric`` is
-    called as ``metric(y_pred=y_pred, y=y)`` per batch and read with ``aggregate()`` at the end; an ignite
-    ``Metric`` gets ``update((y_pred, y))`` per batch and is read with ``compute()``. A result of one value is
-    recorded as it is; a result of several values (e.g. ``reduction="none"``: one per sample and class) is
-    reduced by its mean over the finite values; a list of results (e.g. ``ConfusionMatrixMetric`` with several
-    ``metric_name``) gives one entry per result, ``"<name>_<metric_name>"``.
+    Every metric gets ``y_pred`` and ``y`` from :func:`one_hot_inputs`. A MONAI ``CumulativeIterationMetric`` keeps
+    per-sample values: a batch's rows are the values it computes on the batch (``metric(y_pred=y_pred, y=y)``), and
+    its result is ``aggregate()`` over the rows of all samples. An ignite ``Metric`` needs the predictions
+    themselves: a batch's rows are the hard predictions and labels (class indices, multi-hot vectors or label maps;
+    for segmentation that is one label map per sample and cell, so prefer MONAI metrics there), fed back with
+    ``update((y_pred, y))`` in sample order and read with ``compute()``. A result of one value is recorded as it
+    is; a result of several values (e.g. ``reduction="none"``: one per sample and class) is reduced by its mean over
+    the finite values; a list of results (e.g. ``ConfusionMatrixMetric`` with several ``metric_name``) gives one
+    entry per result, ``"<name>_<metric_name>"``.
 
     Args:
         metrics: ``{name: metric}`` (see :func:`check_additional_metrics`); each is deep-copied and reset, the
@@ -128,33 +137,63 @@ class AdditionalMetrics:
             fresh = copy.deepcopy(metric)
             fresh.reset()
             self.metrics[name] = fresh
-        self._batches = 0
+        self._parts: List[Rows] = []
 
     def __len__(self) -> int:
         return len(self.metrics)
 
-    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch: hard predictions and labels as :func:`monai_adv.metrics.sample_outcome` and
+    @property
+    def _uses_ignite(self) -> bool:
+        return any(not isinstance(m, CumulativeIterationMetric) for m in self.metrics.values())
+
+    def rows(self, predictions: torch.Tensor, labels: torch.Tensor) -> Rows:
+        """The rows of a batch: hard predictions and labels as :func:`monai_adv.metrics.sample_outcome` and
         :func:`monai_adv.attacks.tasks.prepare_labels` give them."""
         if not self.metrics:
-            return
+            return {}
         y_pred, y = one_hot_inputs(self.task, predictions, labels, self.num_classes)
-        for metric in self.metrics.values():
-            if isinstance(metric, CumulativeIterationMetric):
-                metric(y_pred=y_pred, y=y)
-            else:
-                metric.update((y_pred, y))
-        self._batches += 1
+        rows: Rows = {}
+        for name, metric in self.metrics.items():
+            if not isinstance(metric, CumulativeIterationMetric):
+                continue
+            metric.reset()
+            metric(y_pred=y_pred, y=y)
+            values = metric.get_buffer()
+            metric.reset()
+            for i, value in enumerate(values if isinstance(values, list) else [values]):
+                rows[f"{name}#{i}"] = value.detach().cpu()
+        if self._uses_ignite:
+            rows["#pred"], rows["#label"] = predictions.detach().cpu(), labels.detach().cpu()
+        return rows
 
-    def compute(self) -> Dict[str, float]:
-        """``{name: value}`` of every metric (NaN where a metric is undefined, e.g. no finite value)."""
-        if self.metrics and not self._batches:
-            raise RuntimeError("No batch was added to the metrics.")
+    def compute_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        """``{name: value}`` of every metric over the samples whose rows are given (NaN where undefined)."""
         out: Dict[str, float] = {}
         for name, metric in self.metrics.items():
-            result = metric.aggregate() if isinstance(metric, CumulativeIterationMetric) else metric.compute()
+            metric.reset()
+            if isinstance(metric, CumulativeIterationMetric):
+                parts = [rows[key] for key in sorted((k for k in rows if k.startswith(f"{name}#")), key=_part)]
+                metric.extend(*parts)
+                result = metric.aggregate()
+            else:
+                for start in range(0, rows["#pred"].shape[0], _IGNITE_CHUNK):
+                    pred, label = (rows[key][start : start + _IGNITE_CHUNK] for key in ("#pred", "#label"))
+                    metric.update(one_hot_inputs(self.task, pred, label, self.num_classes))
+                result = metric.compute()
+            metric.reset()
             out.update(self._entries(name, result, metric))
         return out
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch (see :meth:`rows`)."""
+        if self.metrics:
+            self._parts.append(self.rows(predictions, labels))
+
+    def compute(self) -> Dict[str, float]:
+        """``{name: value}`` over every batch added (see :meth:`compute_rows`)."""
+        if self.metrics and not self._parts:
+            raise RuntimeError("No batch was added to the metrics.")
+        return self.compute_rows(concat_rows(self._parts)) if self.metrics else {}
 
     @staticmethod
     def _entries(name: str, result: Any, metric: Any) -> Dict[str, float]:
@@ -167,3 +206,7 @@ class AdditionalMetrics:
             keys = list(sub) if isinstance(sub, (list, tuple)) and len(sub) == len(result) else range(len(result))
             return {f"{name}_{key}": _reduce(value) for key, value in zip(keys, result)}
         return {name: _reduce(result)}
+
+
+def _part(key: str) -> int:
+    return int(key.rsplit("#", 1)[1])

@@ -4,16 +4,18 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Accumulated classification metrics (binary, multi-class, multi-label) on clean or adversarial predictions."""
+"""Classification metrics (binary, multi-class, multi-label) on clean or adversarial predictions."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List
+from typing import Dict, Mapping
 
 import numpy as np
 import torch
-from monai.metrics import ConfusionMatrixMetric, compute_roc_auc
+from monai.metrics import compute_roc_auc, get_confusion_matrix
+
+from monai_adv.metrics.rows import RowMetrics, Rows
 
 __all__ = ["ClassificationMetrics", "class_probabilities"]
 
@@ -30,16 +32,18 @@ def class_probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-class ClassificationMetrics:
-    """Accuracy, macro recall/precision/F1 and ROC-AUC, accumulated over batches.
+class ClassificationMetrics(RowMetrics):
+    """Accuracy, macro recall/precision/F1 and ROC-AUC of a set of samples.
 
     - accuracy: fraction of samples classified correctly; for multi-label, all labels right (exact match),
       the success criterion of the attacks.
     - recall, precision, f1: macro averages over the classes (labels) seen in the ground truth or the
       predictions; a class never predicted has precision 0 (the usual ``zero_division=0`` convention).
-      The per-class counts come from MONAI's ``ConfusionMatrixMetric``.
+      The per-class counts come from MONAI's ``get_confusion_matrix``.
     - auc: ROC-AUC (MONAI's ``compute_roc_auc``): binary, macro one-vs-rest for multi-class, mean AUROC over
       labels for multi-label; classes whose ground truth holds one value only are left out; NaN when none is left.
+
+    A batch's rows are the class scores (N, K), the one-hot (multi-hot) label and prediction (N, K).
 
     Args:
         task: "classification" or "multilabel".
@@ -47,44 +51,25 @@ class ClassificationMetrics:
     """
 
     def __init__(self, task: str, num_classes: int) -> None:
+        super().__init__()
         if task not in ("classification", "multilabel"):
             raise ValueError(f'`task` must be "classification" or "multilabel", got {task!r}.')
         self.task = task
         self.num_classes = max(int(num_classes), 2) if task == "classification" else int(num_classes)
-        self._confusion = ConfusionMatrixMetric(include_background=True, metric_name="tp", reduction="sum_batch")
-        self._scores: List[torch.Tensor] = []
-        self._labels: List[torch.Tensor] = []
-        self._correct: List[torch.Tensor] = []
 
-    def reset(self) -> None:
-        self._confusion.reset()
-        self._scores, self._labels, self._correct = [], [], []
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> None:
-        """Add a batch: logits (N, K), labels as class indices (N,) or multi-hot (N, K), predictions likewise."""
+    def rows(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> Rows:
+        """Rows of a batch: logits (N, K), labels as class indices (N,) or multi-hot (N, K), predictions likewise."""
         scores = class_probabilities(self.task, logits).cpu()
         labels, predictions = labels.detach().cpu(), predictions.detach().cpu()
         if self.task == "classification":
-            onehot_y = torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
-            onehot_p = torch.nn.functional.one_hot(predictions.long(), self.num_classes).float()
-            correct = predictions == labels
-        else:
-            onehot_y, onehot_p = labels.float(), predictions.float()
-            correct = (predictions == labels).all(dim=1)
-        self._confusion(y_pred=onehot_p, y=onehot_y)
-        self._scores.append(scores)
-        self._labels.append(onehot_y)
-        self._correct.append(correct)
+            labels = torch.nn.functional.one_hot(labels.long(), self.num_classes)
+            predictions = torch.nn.functional.one_hot(predictions.long(), self.num_classes)
+        return {"scores": scores, "label": labels.to(torch.uint8), "pred": predictions.to(torch.uint8)}
 
-    @property
-    def correct(self) -> torch.Tensor:
-        """Per-sample correctness of everything added so far."""
-        return torch.cat(self._correct) if self._correct else torch.zeros(0, dtype=torch.bool)
-
-    def compute(self) -> Dict[str, float]:
-        if not self._correct:
-            raise RuntimeError("No batch was added to the metrics.")
-        counts = self._confusion.get_buffer().sum(dim=0).double()  # (K, 4): tp, fp, tn, fn
+    def compute_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        onehot_y, onehot_p = rows["label"].float(), rows["pred"].float()
+        correct = (onehot_p == onehot_y).all(dim=1)
+        counts = get_confusion_matrix(onehot_p, onehot_y, include_background=True).sum(dim=0).double()  # (K, 4)
         tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 3]
         seen = (tp + fp + fn) > 0
         recall = torch.where(tp + fn > 0, tp / (tp + fn).clamp_min(1), 0.0)
@@ -94,10 +79,9 @@ class ClassificationMetrics:
             name: float(v[seen].mean()) if bool(seen.any()) else float("nan")
             for name, v in (("recall", recall), ("precision", precision), ("f1", f1))
         }
-        return {"accuracy": float(self.correct.double().mean()), **macro, "auc": self._auc()}
+        return {"accuracy": float(correct.double().mean()), **macro, "auc": self._auc(rows["scores"], onehot_y)}
 
-    def _auc(self) -> float:
-        scores, labels = torch.cat(self._scores), torch.cat(self._labels)
+    def _auc(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         if self.task == "classification" and self.num_classes == 2:
             scores, labels = scores[:, 1:], labels[:, 1:]
         values = []

@@ -4,48 +4,44 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Accumulated segmentation metrics (Dice, IoU) on clean or adversarial predictions."""
+"""Segmentation metrics (Dice, IoU) on clean or adversarial predictions."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping
 
 import torch
-from monai.metrics import DiceMetric, MeanIoU
+from monai.metrics import compute_dice, compute_iou
+
+from monai_adv.metrics.rows import RowMetrics, Rows
 
 __all__ = ["SegmentationMetrics"]
 
 
-class SegmentationMetrics:
-    """Mean Dice and mean IoU over samples and foreground classes, with MONAI's ``DiceMetric`` and ``MeanIoU``
+class SegmentationMetrics(RowMetrics):
+    """Mean Dice and mean IoU over samples and foreground classes, with MONAI's ``compute_dice`` and ``compute_iou``
     (``include_background=False``; a class empty in both label and prediction is left out of the mean).
+
+    A batch's rows are the per-sample, per-class Dice and IoU (N, K - 1).
 
     Args:
         num_classes: classes of the label maps including the background (2 for a binary, single-channel model).
     """
 
     def __init__(self, num_classes: int) -> None:
+        super().__init__()
         self.num_classes = max(int(num_classes), 2)
-        self._dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-        self._iou = MeanIoU(include_background=False, reduction="none", ignore_empty=True)
-        self._batches = 0
 
-    def reset(self) -> None:
-        self._dice.reset()
-        self._iou.reset()
-        self._batches = 0
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> None:
-        """Add a batch: label maps (N, *spatial) of class indices, predictions likewise (``logits`` unused)."""
+    def rows(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> Rows:
+        """Rows of a batch: label maps (N, *spatial) of class indices, predictions likewise (``logits`` unused)."""
         del logits
-        onehot_p = self._onehot(predictions)
-        onehot_y = self._onehot(labels)
-        self._dice(y_pred=onehot_p, y=onehot_y)
-        self._iou(y_pred=onehot_p, y=onehot_y)
-        self._batches += 1
+        onehot_p, onehot_y = self._onehot(predictions), self._onehot(labels)
+        dice = compute_dice(onehot_p, onehot_y, include_background=False, ignore_empty=True)
+        iou = compute_iou(onehot_p, onehot_y, include_background=False, ignore_empty=True)
+        return {"dice": dice.cpu(), "iou": iou.cpu()}
 
     def _onehot(self, index_map: torch.Tensor) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(index_map.detach().long().cpu(), self.num_classes)
+        onehot = torch.nn.functional.one_hot(index_map.detach().long(), self.num_classes)
         return onehot.movedim(-1, 1).float()
 
     @staticmethod
@@ -54,7 +50,5 @@ class SegmentationMetrics:
         values = values[~torch.isnan(values)]
         return float(values.mean()) if values.numel() else float("nan")
 
-    def compute(self) -> Dict[str, float]:
-        if not self._batches:
-            raise RuntimeError("No batch was added to the metrics.")
-        return {"dice": self._mean(self._dice.get_buffer()), "iou": self._mean(self._iou.get_buffer())}
+    def compute_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        return {"dice": self._mean(rows["dice"]), "iou": self._mean(rows["iou"])}

@@ -92,6 +92,7 @@ def test_bundle_layout(name):
         "evaluate_robustness.json",
         "inference.json",
         "multi_gpu_train.json",
+        "multi_gpu_evaluate_robustness.json",
         "logging.conf",
         "metadata.json",
     ):
@@ -334,3 +335,31 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(name, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = torch.load(ckpt / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "the checkpoint holds the plain network's weights"
+
+
+def test_multi_gpu_robustness_evaluation_with_two_cpu_processes_equals_one(tmp_path):
+    bundle = _copy(CLS, tmp_path)
+    override = {"num_test": 7, "attack_eps": "$[4 / 255]", "attacks": "['fgsm','pgd-20']"}
+    proc = _torchrun(
+        bundle,
+        ["train.json", "evaluate_robustness.json", "multi_gpu_evaluate_robustness.json"],
+        output_dir=tmp_path / "ddp",
+        **override,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _workflow(
+        bundle,
+        ["train.json", "evaluate_robustness.json"],
+        output_dir=str(tmp_path / "one"),
+        num_test=7,
+        attack_eps="$[4 / 255]",
+        attacks=["fgsm", "pgd-20"],
+    )
+    reports = [json.loads((tmp_path / run / f"{CLS}.json").read_text()) for run in ("ddp", "one")]
+    for report in reports:
+        report.pop("created")
+        report["clean"].pop("seconds")
+        for row in report["results"]:
+            row.pop("seconds")
+    assert reports[0]["num_samples"] == 7
+    assert reports[0] == reports[1]

@@ -28,7 +28,7 @@ from monai_adv.attacks.registry import (
     make_attack,
     register_attack,
 )
-from monai_adv.attacks.sanity import sanity_checks
+from monai_adv.attacks.sanity import SANITY_FLAGS, sanity_checks, sanity_flags, sanity_notes
 from monai_adv.attacks.scoring import score_examples
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
@@ -57,6 +57,7 @@ for _name, _cls, _preset in _BUILT_IN:
     register_attack(_name, _cls, **_preset)
 
 __all__ = [
+    "SANITY_FLAGS",
     "APGD",
     "APGDT",
     "ActiveSet",
@@ -88,5 +89,7 @@ __all__ = [
     "predict",
     "register_attack",
     "sanity_checks",
+    "sanity_flags",
+    "sanity_notes",
     "score_examples",
 ]

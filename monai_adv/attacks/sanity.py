@@ -8,23 +8,39 @@
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, Dict, List, Mapping, Tuple
 
 import torch
 
 from monai_adv.attacks.guard import model_dtype, model_state_guard
 from monai_adv.attacks.objective import Objective
-from monai_adv.attacks.tasks import infer_task, looks_like_probabilities, prepare_labels
+from monai_adv.attacks.tasks import infer_task, prepare_labels
 
-__all__ = ["sanity_checks"]
+__all__ = ["SANITY_FLAGS", "sanity_checks", "sanity_flags", "sanity_notes"]
 
 
-def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str = "auto") -> List[str]:
-    """Run the model on a batch and return a warning per problem found (an empty list when none).
+#: the per-sample flags of :func:`sanity_flags`
+SANITY_FLAGS = (
+    "probabilities",
+    "probabilities_alone",
+    "randomized",
+    "no_gradient",
+    "gradient_not_finite",
+    "gradient_zero",
+    "already_wrong",
+)
 
-    Checks: outputs that look like probabilities instead of logits; a randomized model (two forward passes on
-    the same input differ); input gradients of the cross-entropy that are zero or not finite for some sample
-    (possible gradient masking); clean accuracy of zero. Costs two forward passes and one backward pass.
+
+def sanity_flags(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str = "auto") -> Dict[str, torch.Tensor]:
+    """Run the model on a batch and flag, per sample, what would make a robustness number untrustworthy.
+
+    Flags (bool tensors (N,) on the host, keyed as :data:`SANITY_FLAGS`): the outputs look like probabilities
+    instead of logits ("probabilities"; "probabilities_alone" when the sample has enough outputs to tell on its
+    own, as a softmax's sum or 16 sigmoid values do); two forward passes on the sample differ (a randomized
+    model); the output does not depend on the input through autograd; the input gradient of the attack loss is
+    not finite, or exactly zero (possible gradient masking); the clean prediction is already wrong. Costs two
+    forward passes and one backward pass. :func:`sanity_notes` turns the flags of any number of samples into
+    warnings, so the flags of several batches (or processes) give the notes of the whole data set.
 
     Args:
         model: the model (any callable returning logits); an ``nn.Module`` is run in eval mode and left as found.
@@ -32,9 +48,10 @@ def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str =
         y: its labels (see :class:`~monai_adv.attacks.base.Attack`).
         task: "auto", "classification", "multilabel" or "segmentation".
     """
-    found: List[str] = []
-    if x.shape[0] == 0:
-        return found
+    n = int(x.shape[0])
+    flags = {name: torch.zeros(n, dtype=torch.bool) for name in SANITY_FLAGS}
+    if n == 0:
+        return flags
     network = model
     with torch.inference_mode(False), model_state_guard(network) as model, torch.enable_grad():
         x = x.detach().as_subclass(torch.Tensor).to(model_dtype(network) or x.dtype).clone().requires_grad_(True)
@@ -43,33 +60,77 @@ def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str =
         task = infer_task(task, logits.detach(), y)
         labels = prepare_labels(task, y.to(x.device), logits.detach(), "y")
         objective = Objective(task, labels, clean_logits=logits.detach())
-        if looks_like_probabilities(task, logits.detach()):
-            found.append(
-                "The model's outputs look like probabilities, not logits: gradient attacks may be weakened "
-                "(remove the final softmax/sigmoid)."
-            )
+        flags["probabilities"], flags["probabilities_alone"] = _probability_like(task, logits.detach())
         with torch.no_grad():
-            again = model(x.detach())
-        if not torch.allclose(logits.detach(), again.as_subclass(torch.Tensor), rtol=1e-4, atol=1e-5):
-            found.append(
-                "The model is randomized (two forward passes on the same input differ): use expectation over "
-                'transformation, e.g. AutoAttack(version="rand").'
-            )
+            again = model(x.detach()).as_subclass(torch.Tensor)
+        close = torch.isclose(logits.detach(), again, rtol=1e-4, atol=1e-5).flatten(1).all(dim=1)
+        flags["randomized"] = ~close.cpu()
         loss = objective.loss(logits, slice(None))
         (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
         if grad is None:
-            found.append(
-                "The model's output does not depend on its input through autograd: gradient attacks cannot run."
-            )
+            flags["no_gradient"] = torch.ones(n, dtype=torch.bool)
         else:
             flat = grad.flatten(1)
-            not_finite = int((~torch.isfinite(flat)).any(dim=1).sum())
-            zero = int((flat == 0).all(dim=1).sum())
-            if not_finite:
-                found.append(f"Input gradients are NaN or Inf for {not_finite} sample(s): possible gradient masking.")
-            if zero:
-                found.append(f"Input gradients are exactly zero for {zero} sample(s): possible gradient masking.")
-        clean_success = objective.success(logits.detach(), slice(None))
-        if bool(clean_success.all()):
-            found.append("Clean accuracy is zero: every sample is already misclassified, robustness is meaningless.")
+            flags["gradient_not_finite"] = (~torch.isfinite(flat)).any(dim=1).cpu()
+            flags["gradient_zero"] = (flat == 0).all(dim=1).cpu()
+        flags["already_wrong"] = objective.success(logits.detach(), slice(None)).cpu()
+    return flags
+
+
+def _probability_like(task: str, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: are the outputs probabilities (in [0, 1], summing to 1 over the channels of a multi-class
+    output)? And can the sample tell alone (a sum to 1, or at least 16 values)? The rule of
+    :func:`~monai_adv.attacks.tasks.looks_like_probabilities`, one sample at a time."""
+    flat = logits.flatten(1)
+    unit = ((flat >= 0) & (flat <= 1)).all(dim=1)
+    if task in ("classification", "segmentation") and logits.shape[1] > 1:
+        sums = torch.isclose(logits.sum(dim=1), torch.ones_like(logits[:, 0]), atol=1e-3)
+        sums = sums.reshape(sums.shape[0], -1).all(dim=1)
+        return (unit & sums).cpu(), (unit & sums).cpu()
+    return unit.cpu(), (unit & (flat.shape[1] >= 16)).cpu()
+
+
+def sanity_notes(flags: Mapping[str, torch.Tensor]) -> List[str]:
+    """The warnings the flags of :func:`sanity_flags` call for (flags of one or many batches, concatenated)."""
+    found: List[str] = []
+    if not flags or flags["already_wrong"].numel() == 0:
+        return found
+    enough = bool(flags["probabilities_alone"].any()) or flags["probabilities"].numel() >= 16
+    if bool(flags["probabilities"].all()) and enough:
+        found.append(
+            "The model's outputs look like probabilities, not logits: gradient attacks may be weakened "
+            "(remove the final softmax/sigmoid)."
+        )
+    if bool(flags["randomized"].any()):
+        found.append(
+            "The model is randomized (two forward passes on the same input differ): use expectation over "
+            'transformation, e.g. AutoAttack(version="rand").'
+        )
+    if bool(flags["no_gradient"].any()):
+        found.append("The model's output does not depend on its input through autograd: gradient attacks cannot run.")
+    else:
+        not_finite, zero = int(flags["gradient_not_finite"].sum()), int(flags["gradient_zero"].sum())
+        if not_finite:
+            found.append(f"Input gradients are NaN or Inf for {not_finite} sample(s): possible gradient masking.")
+        if zero:
+            found.append(f"Input gradients are exactly zero for {zero} sample(s): possible gradient masking.")
+    if bool(flags["already_wrong"].all()):
+        found.append("Clean accuracy is zero: every sample is already misclassified, robustness is meaningless.")
     return found
+
+
+def sanity_checks(model: Callable, x: torch.Tensor, y: torch.Tensor, task: str = "auto") -> List[str]:
+    """Run the model on a batch and return a warning per problem found (an empty list when none).
+
+    Checks: outputs that look like probabilities instead of logits; a randomized model (two forward passes on
+    the same input differ); input gradients of the attack loss that are zero or not finite for some sample
+    (possible gradient masking); clean accuracy of zero. Costs two forward passes and one backward pass. The same
+    as ``sanity_notes(sanity_flags(model, x, y, task))``.
+
+    Args:
+        model: the model (any callable returning logits); an ``nn.Module`` is run in eval mode and left as found.
+        x: a batch of images (N, C, *spatial).
+        y: its labels (see :class:`~monai_adv.attacks.base.Attack`).
+        task: "auto", "classification", "multilabel" or "segmentation".
+    """
+    return sanity_notes(sanity_flags(model, x, y, task))

@@ -10,7 +10,6 @@ Layout of the folder::
 
     settings.json       the settings the outcomes depend on; a run with other settings is refused
     header.json         the resolved task and the model's number of outputs
-    notes.json          the once-per-run sanity-check notes (written by rank 0)
     examples.pt         the samples kept for figures (rank 0)
     batches/*.pt        one file per evaluated batch: the per-sample rows of every cell (clean, attack x budget)
 
@@ -110,14 +109,6 @@ class EvaluationProgress:
     def save_header(self, task: str, num_classes: int) -> None:
         if self.header() is None:
             self._write_json("header.json", {"task": task, "num_classes": int(num_classes)})
-
-    def notes(self) -> Optional[List[str]]:
-        """The stored sanity-check notes, or None when no run recorded them yet."""
-        path = self.folder / "notes.json"
-        return list(self._read_json(path)) if path.is_file() else None
-
-    def save_notes(self, notes: List[str]) -> None:
-        self._write_json("notes.json", list(notes))
 
     def examples(self) -> Dict[str, torch.Tensor]:
         """The stored samples for figures (empty when none)."""

@@ -28,8 +28,9 @@ from monai_adv.attacks import (
     attack_defaults,
     model_dtype,
     model_state_guard,
-    sanity_checks,
+    sanity_flags,
 )
+from monai_adv.attacks.sanity import sanity_notes
 from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
 from monai_adv.distributed import all_gather_objects
@@ -122,7 +123,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
     - under ``torchrun`` (a process group is running), each rank evaluates the shard its ``DistributedSampler``
       gives it; at the end of the run the rows of all ranks are gathered (a sample that a padding sampler gives to
       two ranks counts once) and every rank holds the results of the whole data set: the report equals the
-      single-process one, per sample, except the wall times and the sanity-check notes (rank 0's first batch).
+      single-process one, per sample, except the wall times.
       Use ``monai.data.DistributedSampler(dataset, shuffle=False, even_divisible=False)`` (no padding);
     - with ``progress_dir``, the rows of every batch are written there as soon as the batch is done; a run with the
       same settings resumes from them: a batch whose samples are all stored is skipped (loaded, not attacked), and
@@ -150,9 +151,12 @@ class RobustnessEvaluator(SupervisedEvaluator):
             the clean Dice.
         keep_examples: keep this many samples of the first batches (clean, worst-case adversarial at the largest
             budget, labels and predictions) in ``state.examples`` for figures.
-        check: run :func:`~monai_adv.attacks.sanity_checks` once per run, on the first batch, with the model the
-            attacks craft on; its warnings are issued and written to the report's ``notes``. The attacks' own checks
-            (AutoAttack's) are then off: the checks run once per evaluation, not per attack, budget or batch.
+        check: flag, on every sample, what would make the numbers untrustworthy
+            (:func:`~monai_adv.attacks.sanity.sanity_flags` with the model the attacks craft on: one more forward
+            and backward pass per batch); at the end of the run the flags of all samples give the warnings
+            (:func:`~monai_adv.attacks.sanity.sanity_notes`), issued and written to the report's ``notes``. The
+            attacks' own checks (AutoAttack's) are then off: the checks run once per sample, not per attack or
+            budget.
         inferer: how the network is run (e.g. ``SlidingWindowInferer`` for 3D volumes); gradients flow through it.
         additional_metrics: more metrics computed in every cell (clean, each attack at each budget, the worst
             case): ``{name: metric}`` where a metric is a MONAI ``CumulativeIterationMetric`` (e.g.
@@ -265,7 +269,6 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._next_index = 0
         self._done: Set[int] = set()
         self._stored: List[List[CellRows]] = []
-        self._notes_stored = False
         self.add_event_handler(Events.EPOCH_STARTED, self._start_results)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_results)
 
@@ -367,13 +370,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.state.examples = {}
         self._next_index = 0
         self._planned = iter([list(b) for b in self.data_loader.batch_sampler]) if self._indexed_sampler() else None
-        self._stored, self._done, self._notes_stored = [], set(), False
+        self._stored, self._done = [], set()
         if self.progress is not None:
             self._stored = self.progress.load_batches()
             self._done = EvaluationProgress.done_indices(self._stored)
-            notes = self.progress.notes()
-            self._notes_stored = notes is not None
-            self.notes = list(notes or [])
             self.state.examples = self.progress.examples()
 
     def _new_results(self, task: str, num_classes: int) -> RobustnessResults:
@@ -431,12 +431,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
             engine.results = engine._new_results(task, clean_logits.shape[1])
             if engine.progress is not None:
                 engine.progress.save_header(task, clean_logits.shape[1])
-            if self.check and not engine._notes_stored:
-                engine._sanity_checks(inputs, targets, task)
         results = engine.results
         labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
         clean = sample_outcome(results.task, clean_logits, labels)
-        clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index)
+        checks = engine._sanity_flags(inputs, targets, results.task) if engine.check else None
+        clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index, extra=checks)
         batch_cells: List[CellRows] = [[None, None, clean_rows]]
         output = {"image": inputs, "label": targets, "pred": clean_logits}
         for eps in engine.eps_values:
@@ -527,7 +526,6 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 local = {"task": self.results.task, "num_classes": self.results.num_classes, "cells": None}
                 local["cells"] = self.results.export()
             gathered = [g for g in all_gather_objects(local) if g is not None]
-            notes = all_gather_objects(list(self.notes))[0]  # rank 0's
             header = gathered[0] if gathered else (self.progress.header() if self.progress is not None else None)
             if header is None:
                 return
@@ -536,19 +534,21 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 self.results.extend(part["cells"])
             for cells in self._stored:
                 self.results.extend(cells)
-            self.notes = list(notes)
         if self.results is None:
             return
-        if self.progress is not None and self.check and not self._notes_stored and self._rank() == 0:
-            self.progress.save_notes(self.notes)
+        if self.check:
+            flags = self.results.clean.rows()
+            self.notes = sanity_notes({k[len("check/") :]: v for k, v in flags.items() if k.startswith("check/")})
+            for note in self.notes:
+                warnings.warn(note, UserWarning, stacklevel=2)
         self.state.metrics.update(self.results.flat_metrics(self.value_range))
 
-    def _sanity_checks(self, inputs: torch.Tensor, targets: Any, task: str) -> None:
-        """Look, once per run, for what would make the numbers untrustworthy (see ``sanity_checks``)."""
-        model = self.query_counter.model  # the crafting model, called with the batch's extra arguments (uncounted)
-        self.notes = sanity_checks(model, inputs, torch.as_tensor(targets).to(inputs.device), task)
-        for note in self.notes:
-            warnings.warn(note, UserWarning, stacklevel=2)
+    def _sanity_flags(self, inputs: torch.Tensor, targets: Any, task: str) -> Dict[str, torch.Tensor]:
+        """Per-sample flags of what would make the numbers untrustworthy (see ``sanity_flags``), with the crafting
+        model called with the batch's extra arguments (uncounted)."""
+        model = self.query_counter.model
+        flags = sanity_flags(model, inputs, torch.as_tensor(targets).to(inputs.device), task)
+        return {f"check/{k}": v for k, v in flags.items()}
 
     def report(self, **info: Any) -> Dict[str, Any]:
         """The report of the last run, as a JSON-ready dict (see ``monai_adv/benchmark/report_schema.json``).

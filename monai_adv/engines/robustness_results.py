@@ -82,11 +82,13 @@ class CellAccumulator:
         queries: int,
         success: Optional[torch.Tensor] = None,
         index: Optional[torch.Tensor] = None,
+        extra: Optional[Rows] = None,
     ) -> Rows:
         """Add a batch: the logits and per-sample outcome on the (adversarial) inputs, the clean outcome, the
         per-sample perturbation norms (N, 2) or None for clean inputs, the wall time, the model queries, the
-        per-sample attack success (None: read from the outcomes, see :func:`derived_success`) and the samples'
-        indices in the data set (None: they follow the samples added before). Returns the batch's rows.
+        per-sample attack success (None: read from the outcomes, see :func:`derived_success`), the samples'
+        indices in the data set (None: they follow the samples added before) and more per-sample rows to keep
+        with them (``extra``, e.g. the sanity-check flags). Returns the batch's rows.
 
         A sample is eligible when its clean prediction is right (classification, multi-label) or its clean Dice
         is above 0 (segmentation); it is broken when it is eligible and the attack succeeded on it."""
@@ -110,6 +112,7 @@ class CellAccumulator:
             rows["norms"] = norms.cpu()
         rows.update({f"task/{k}": v for k, v in self.metrics.rows(logits, labels, outcome.predictions).items()})
         rows.update({f"metric/{k}": v for k, v in self.additional.rows(outcome.predictions, labels).items()})
+        rows.update({k: torch.as_tensor(v).cpu() for k, v in (extra or {}).items()})
         self.parts.append(rows)
         self.seconds_last, self.queries_last = seconds, int(queries)
         return rows

@@ -179,6 +179,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
             keeps them in memory only. A folder written with other settings is refused.
         run_settings: more settings the outcomes depend on (JSON-serialisable, e.g. the model's checkpoint and the
             data), recorded in ``progress_dir`` with the evaluator's own (:meth:`settings`).
+        max_batch: None, or the largest number of samples run through the network at once: the attacks (unless a
+            specification sets its own ``max_batch``), the scoring passes and the sanity checks process a larger
+            batch in consecutive chunks of at most ``max_batch`` samples, so an evaluation batch of 3D volumes does
+            not need all of them in memory at once. The results equal the unchunked run's.
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -212,6 +216,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         additional_metrics: Optional[Mapping[str, Any]] = None,
         progress_dir: Optional[Union[str, Path]] = None,
         run_settings: Optional[Mapping[str, Any]] = None,
+        max_batch: Optional[int] = None,
     ) -> None:
         self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
@@ -229,6 +234,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
             raise ValueError(f"`seg_success_ratio` must be in (0, 1], got {seg_success_ratio}.")
         if int(keep_examples) < 0:
             raise ValueError(f"`keep_examples` must be >= 0, got {keep_examples}.")
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"`max_batch` must be None or an integer >= 1, got {max_batch!r}.")
+        self.max_batch = max_batch
         super().__init__(
             device=torch.device(device) if isinstance(device, str) else device,
             val_data_loader=val_data_loader,
@@ -342,6 +350,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "seg_success_ratio": self.seg_success_ratio})
             if _takes_argument(spec.attack, "check") and "check" not in spec.kwargs:  # checked once, by the run
                 spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "check": False})
+            if self.max_batch is not None and "max_batch" not in spec.kwargs:
+                spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "max_batch": self.max_batch})
             for eps in self.eps_values:
                 self._attacks[(spec.name, eps)] = build_attack(
                     spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
@@ -388,19 +398,27 @@ class RobustnessEvaluator(SupervisedEvaluator):
             self.additional_metrics,
         )
 
+    def _chunks(self, n: int) -> List[slice]:
+        """The rows of the ``max_batch`` chunks of a batch of ``n`` samples (one chunk without ``max_batch``)."""
+        size = n if self.max_batch is None else self.max_batch
+        return [slice(start, min(start + size, n)) for start in range(0, n, max(size, 1))] or [slice(0, 0)]
+
     def _forward(self, x: torch.Tensor, *args: Any, what: str = "the clean input", **kwargs: Any) -> torch.Tensor:
         # in eval mode, score through an eval view (the network's flags are never flipped, so another thread may
         # train or attack it meanwhile); mode="train" keeps MONAI's behaviour
         scoring = model_state_guard(self.network) if self.mode is eval_mode else self.mode(self.network)
+        outputs = []
         with scoring as view, torch.no_grad():
             network = view if self.mode is eval_mode else self.network
             x = x.to(model_dtype(self.network) or x.dtype)
-            if self.amp:
-                with torch.autocast("cuda", **self.amp_kwargs):
-                    out = self.inferer(x, network, *args, **kwargs)
-            else:
-                out = self.inferer(x, network, *args, **kwargs)
-        out = out.detach().as_subclass(torch.Tensor)
+            for rows in self._chunks(x.shape[0]):
+                if self.amp:
+                    with torch.autocast("cuda", **self.amp_kwargs):
+                        out = self.inferer(x[rows], network, *args, **kwargs)
+                else:
+                    out = self.inferer(x[rows], network, *args, **kwargs)
+                outputs.append(out.detach().as_subclass(torch.Tensor))
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if not out.is_floating_point():
             raise TypeError(f"The network must return floating-point logits, got {out.dtype}.")
         return check_logits(out.float(), what)
@@ -547,8 +565,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         """Per-sample flags of what would make the numbers untrustworthy (see ``sanity_flags``), with the crafting
         model called with the batch's extra arguments (uncounted)."""
         model = self.query_counter.model
-        flags = sanity_flags(model, inputs, torch.as_tensor(targets).to(inputs.device), task)
-        return {f"check/{k}": v for k, v in flags.items()}
+        labels = torch.as_tensor(targets).to(inputs.device)
+        parts = [sanity_flags(model, inputs[rows], labels[rows], task) for rows in self._chunks(inputs.shape[0])]
+        return {f"check/{k}": torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def report(self, **info: Any) -> Dict[str, Any]:
         """The report of the last run, as a JSON-ready dict (see ``monai_adv/benchmark/report_schema.json``).

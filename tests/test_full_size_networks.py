@@ -26,10 +26,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.networks.layers import Norm
-from monai.networks.nets import DenseNet121, EfficientNetBN, SegResNet, UNet, resnet18
 from torch import nn
 
+from benchmarks.full_size_networks import ARCHS_2D, ARCHS_3D, build_2d, build_3d
 from monai_adv.attacks import (
     InfererModel,
     attack_arguments,
@@ -48,33 +47,11 @@ EPS = 4 / 255
 EPS_L2 = 0.5
 
 
-def build_2d(arch: str, channels: int) -> nn.Module:
-    if arch == "densenet121":
-        return DenseNet121(spatial_dims=2, in_channels=channels, out_channels=NUM_CLASSES)
-    if arch == "resnet18":
-        return resnet18(spatial_dims=2, n_input_channels=channels, num_classes=NUM_CLASSES)
-    if arch == "efficientnet_b0":
-        return EfficientNetBN(
-            "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=channels, num_classes=NUM_CLASSES
-        )
-    raise ValueError(arch)
-
-
-def build_3d(arch: str) -> nn.Module:
-    if arch == "unet3d":  # MONAI's spleen segmentation tutorial network
-        return UNet(3, 1, NUM_CLASSES, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2,
-                    norm=Norm.BATCH)  # fmt: skip
-    if arch == "segresnet3d":  # MONAI's BraTS tutorial network, one input channel
-        return SegResNet(3, init_filters=16, in_channels=1, out_channels=NUM_CLASSES, blocks_down=(1, 2, 2, 4),
-                         blocks_up=(1, 1, 1))  # fmt: skip
-    raise ValueError(arch)
-
-
 # size: (2D image side, 3D volume side, 3D window side, window overlap)
 SIZES = {"small": (64, 32, 16, 0.0), "full": (224, 96, 64, 0.25)}
 SIZE_PARAMS = [pytest.param("small", id="small"), pytest.param("full", id="full", marks=pytest.mark.slow)]
-NETS_2D = [(arch, c) for arch in ("densenet121", "resnet18", "efficientnet_b0") for c in (1, 3)]
-NETS_3D = ["unet3d", "segresnet3d"]
+NETS_2D = [(arch, c) for arch in ARCHS_2D for c in (1, 3)]
+NETS_3D = list(ARCHS_3D)
 NOT_FOR_SEGMENTATION = {"apgd_t", "fab_t", "apgd_dlr"}  # targeted attacks on class logits; DLR needs classes
 
 
@@ -105,20 +82,21 @@ def _own_labels(model: Callable, x: torch.Tensor, segmentation: bool) -> torch.T
 
 def _case_2d(arch: str, channels: int, size: str) -> Case:
     torch.manual_seed(0)
-    network = build_2d(arch, channels)
+    network = build_2d(arch, channels, NUM_CLASSES)
     side = SIZES[size][0]
     x = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(1))  # 2: BatchNorm trains
-    surrogate = resnet18(spatial_dims=2, n_input_channels=channels, num_classes=NUM_CLASSES).eval()
+    surrogate = build_2d("resnet18", channels, NUM_CLASSES).eval()
     return Case(network, network, x, _own_labels(network, x, False), surrogate, False)
 
 
 def _case_3d(arch: str, size: str) -> Case:
     torch.manual_seed(0)
-    network = build_3d(arch)
+    network = build_3d(arch, NUM_CLASSES)
     side = SIZES[size][1]
     x = torch.rand(1, 1, side, side, side, generator=torch.Generator().manual_seed(1))
     model = InfererModel(network, _inferer(size))
-    surrogate = InfererModel(build_3d("unet3d").eval(), _inferer(size))  # another network (or another init)
+    other = build_3d("unet3d", NUM_CLASSES).eval()  # another network (or another initialization)
+    surrogate = InfererModel(other, _inferer(size))
     return Case(network, model, x, _own_labels(model, x, True), surrogate, True)
 
 

@@ -22,9 +22,11 @@ are in place) over the resident size at that point, with glibc's mmap threshold 
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, over the memory allocated at that point.
 
 Long attacks are measured in part and extrapolated: each attack runs once with its smallest budget (1 step, 2
-queries) and once with as many steps or queries as fit ``--cell-seconds``; when that is less than the full budget,
-the full cost is the straight line through the two runs (a fixed cost plus a cost per step or query), and the
-table marks it. ``--no-extrapolation`` runs every budget in full (for GPUs).
+queries) and once with as many steps or queries as fit ``--cell-seconds`` (at least 3 more); when that is less than
+the full budget, the full cost is the straight line through the two runs (a fixed cost plus a cost per step or
+query), and the table marks it. APGD-T and FAB-T are then measured on one of their 9 target classes and the cost
+multiplied by 9 (each target class is a separate run of the same length on every image; the peak memory is that
+of one). ``--no-extrapolation`` runs every budget in full (for GPUs).
 
 Usage (from the repository root)::
 
@@ -33,6 +35,7 @@ Usage (from the repository root)::
     python -m benchmarks.full_size_cost --quick               # a faster subset
     python -m benchmarks.full_size_cost --doc docs/performance.md   # also (re)writes the doc's section
     python -m benchmarks.full_size_cost --from-json benchmarks/results/full_size_cost.json --doc docs/performance.md
+    python -m benchmarks.full_size_cost --resume ...          # keeps the cells already in --out, measures the rest
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
 ATTACKS = ("FGSM", "PGD-20", "APGD-CE", "AutoAttack standard", "Square-5000")
 QUICK_NETWORKS = ("resnet18-1ch", "efficientnet_b0-3ch", "unet3d")
 EPS = 4 / 255
+MIN_STEPS_APART = 3
 SECTION = "## Full-size networks"
 
 
@@ -71,6 +75,10 @@ class Part:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     budget: Optional[str] = None
     full: int = 1
+    # when extrapolating: run with these overrides and multiply the cost by ``scale`` (APGD-T and FAB-T: one
+    # target class of the 9, each target class being a separate run of the same length on every image)
+    measured: Dict[str, Any] = field(default_factory=dict)
+    scale: int = 1
 
     @property
     def smallest(self) -> int:
@@ -99,8 +107,8 @@ def parts(attack: str, segmentation: bool) -> List[Part]:
             ]
         return [
             Part("apgd-ce", "apgd_ce", full, "steps", 100),
-            Part("apgd-t", "apgd_t", {**full, "target_classes": 9}, "steps", 100),
-            Part("fab-t", "fab_t", {**full, "target_classes": 9}, "steps", 100),
+            Part("apgd-t", "apgd_t", {**full, "target_classes": 9}, "steps", 100, {"target_classes": 1}, 9),
+            Part("fab-t", "fab_t", {**full, "target_classes": 9}, "steps", 100, {"target_classes": 1}, 9),
             square,
         ]
     raise ValueError(f"unknown attack {attack!r}; one of {ATTACKS}")
@@ -191,8 +199,8 @@ def measure_cell(network: str, attack: str, options: Dict[str, Any]) -> Dict[str
     memory = PeakMemory(device)
     memory.start()
 
-    def run(part: Part, length: Optional[int]) -> Tuple[float, int]:
-        kwargs = dict(part.kwargs)
+    def run(part: Part, length: Optional[int], overrides: Optional[Dict[str, Any]] = None) -> Tuple[float, int]:
+        kwargs = {**part.kwargs, **(overrides or {})}
         if part.budget is not None:
             kwargs[part.budget] = length
         attack_ = make_attack(part.name, setup.model, **kwargs)
@@ -213,16 +221,22 @@ def measure_cell(network: str, attack: str, options: Dict[str, Any]) -> Dict[str
             rows.append(row)
             continue
         n1 = part.smallest
-        t1, p1 = run(part, n1)
-        row["runs"].append({"length": n1, "seconds": t1, "network_calls": p1})
-        n2 = min(part.full, max(n1 + 1, int(n1 * options["cell_seconds"] / max(t1, 1e-9))))
-        t2, p2 = run(part, n2)
-        row["runs"].append({"length": n2, "seconds": t2, "network_calls": p2})
-        if n2 == part.full:
-            row.update(seconds=t2, extrapolated=False, seconds_per_step=(t2 - t1) / (n2 - n1))
+        t1, p1 = run(part, n1, part.measured)
+        row["runs"].append({"length": n1, "seconds": t1, "network_calls": p1, **part.measured})
+        # the longer run: as long as fits cell_seconds, and at least MIN_STEPS_APART more steps or queries, so
+        # that the cost per step is a difference over several of them
+        n2 = min(part.full, max(n1 + MIN_STEPS_APART, int(n1 * options["cell_seconds"] / max(t1, 1e-9))))
+        if n2 == part.full:  # short enough to run in full, every target class included
+            t2, p2 = run(part, n2)
+            row["runs"].append({"length": n2, "seconds": t2, "network_calls": p2})
+            per = (t2 - t1) / (n2 - n1) if not part.measured else None
+            row.update(seconds=t2, extrapolated=False, seconds_per_step=per, scale=1)
         else:
+            t2, p2 = run(part, n2, part.measured)
+            row["runs"].append({"length": n2, "seconds": t2, "network_calls": p2, **part.measured})
             total, per = _fit((n1, t1), (n2, t2), part.full)
-            row.update(seconds=total, extrapolated=True, seconds_per_step=per)
+            row.update(seconds=part.scale * total, extrapolated=True, seconds_per_step=part.scale * per)
+            row["scale"] = part.scale
         rows.append(row)
     peak = memory.peak_mb()
     handle.remove()
@@ -311,8 +325,9 @@ def markdown(payload: Dict[str, Any]) -> str:
         "`InfererModel`.",
         "",
         "Seconds per image (`*`: extrapolated from two shorter runs, 1 step or 2 queries and as many as fit "
-        f"{payload['cell_seconds']:g} s, to the full budget along the straight line through them; the JSON keeps "
-        "both runs and the cost per step or query):",
+        f"{payload['cell_seconds']:g} s (at least 3 more), to the full budget along the straight line through them; "
+        "APGD-T and FAB-T from one of their 9 target classes, times 9; the JSON keeps both runs and the cost per "
+        "step or query):",
         "",
         "| network | input | " + " | ".join(attacks) + " |",
         "| --- | --- | " + " | ".join("---" for _ in attacks) + " |",
@@ -384,6 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/full_size_cost.json"))
     parser.add_argument("--doc", type=Path, default=None, help="write the section into this Markdown file")
     parser.add_argument("--from-json", type=Path, default=None, help="only write the tables of an earlier run")
+    parser.add_argument("--resume", action="store_true", help="keep the cells --out already has, measure the rest")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -414,9 +430,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     networks = args.networks or (list(QUICK_NETWORKS) if args.quick else network_names())
     attacks = args.attacks or list(ATTACKS)
+    plan = [(network, attack) for network in networks for attack in attacks]
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python -m benchmarks.full_size_cost {argv_text}".strip()
+    previous: Optional[Dict[str, Any]] = None
+    done: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    if args.resume and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        current = {"device": args.device, "cell_seconds": options["cell_seconds"], "shape": shape}
+        current["threads"] = args.threads or torch.get_num_threads()
+        for key, mine in current.items():
+            if previous.get(key) != mine:
+                parser.error(f"--resume: {args.out} was measured with {key}={previous.get(key)!r}, not {mine!r}")
+        done = {(r["network"], r["attack"]): r for r in previous["results"] if "seconds" in r}
+        earlier = [(r["network"], r["attack"]) for r in previous["results"]]
+        plan = earlier + [cell for cell in plan if cell not in earlier]
     payload: Dict[str, Any] = {
-        "command": f"python -m benchmarks.full_size_cost {argv_text}".strip(),
+        "command": command if previous is None else f"{previous['command']}`, then `{command}",
         "machine": machine(args.device),
         "device": args.device,
         "torch": torch.__version__,
@@ -425,25 +455,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "in_process": args.in_process,
         "eps": "4/255",
         "shape": shape,
-        "load_average": [_load(), None],
+        "load_average": [_load() if previous is None else previous["load_average"][0], None],
         "memory_method": "",
         "results": [],
     }
     start = time.perf_counter()
-    for network in networks:
-        for attack in attacks:
-            left = None if args.max_minutes is None else args.max_minutes * 60 - (time.perf_counter() - start)
-            if left is not None and left <= 0:
-                row = {"network": network, "attack": attack, "skipped": "time limit"}
-            else:
-                row = run_cell(network, attack, options, left)
-            payload["results"].append(row)
-            payload["memory_method"] = row.get("memory_method", payload["memory_method"])
-            shown = f"{row['seconds_per_image']:.3g} s/image, {row['peak_mb']:.0f} MB" if "seconds" in row else row
-            print(f"{network:>20} {attack:>20}: {shown}", flush=True)
-            write_json_atomic(args.out, payload)  # a partial run keeps what it measured
+    for network, attack in plan:
+        left = None if args.max_minutes is None else args.max_minutes * 60 - (time.perf_counter() - start)
+        if (network, attack) in done:
+            row = done[(network, attack)]
+        elif left is not None and left <= 0:
+            row = {"network": network, "attack": attack, "skipped": "time limit"}
+        else:
+            row = run_cell(network, attack, options, left)
+        payload["results"].append(row)
+        payload["memory_method"] = row.get("memory_method", payload["memory_method"])
+        shown = f"{row['seconds_per_image']:.3g} s/image, {row['peak_mb']:.0f} MB" if "seconds" in row else row
+        print(f"{network:>20} {attack:>20}: {shown}", flush=True)
+        write_json_atomic(args.out, payload)  # a partial run keeps what it measured
     payload["load_average"][1] = _load()
-    payload["wall_seconds"] = time.perf_counter() - start
+    payload["wall_seconds"] = time.perf_counter() - start + (previous or {}).get("wall_seconds", 0.0)
     write_json_atomic(args.out, payload)
     text = markdown(payload)
     print(text)

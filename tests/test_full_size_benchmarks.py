@@ -135,6 +135,18 @@ def test_cost_table_tiny_in_process(tmp_path, network, attacks):
     assert not doc.exists(), "a tiny run writes no doc"
 
 
+def test_cost_table_resume_measures_only_the_missing_cells(tmp_path):
+    out = tmp_path / "cost.json"
+    common = ["--tiny", "--in-process", "--networks", "efficientnet_b0-1ch", "--out", str(out)]
+    first = full_size_cost.main(common + ["--attacks", "FGSM"])
+    second = full_size_cost.main(common + ["--attacks", "FGSM", "PGD-20", "--resume"])
+    assert [r["attack"] for r in second["results"]] == ["FGSM", "PGD-20"]
+    assert second["results"][0] == first["results"][0]  # kept, not measured again
+    assert second["command"].count("python -m benchmarks.full_size_cost") == 2
+    with pytest.raises(SystemExit):  # other settings than the saved cells'
+        full_size_cost.main(common + ["--attacks", "FGSM", "--resume", "--volumes", "2"])
+
+
 def test_cost_table_doc_section_is_written_once_and_replaced(tmp_path):
     out, doc = tmp_path / "cost.json", tmp_path / "performance.md"
     row = {"network": "unet3d", "attack": "FGSM", "input": "1 x 1 x 96^3", "seconds": 1.5, "seconds_per_image": 1.5}

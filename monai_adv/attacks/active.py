@@ -4,7 +4,12 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Per-sample bookkeeping of the iterative attacks: the best point so far, and the samples still attacked."""
+"""Per-sample bookkeeping of the iterative attacks: the best point so far, and the samples still attacked.
+
+Both run inside an attack's per-step loop, so neither reads a device tensor on the host except where it must:
+:meth:`BestIterate.update` selects with ``torch.where`` (no host synchronisation), and :meth:`ActiveSet.keep`
+reads its keep flags once (one synchronisation: the number of samples left decides the shapes of the next step).
+"""
 
 from __future__ import annotations
 
@@ -39,18 +44,45 @@ class BestIterate:
         self.success = no if clean_success is None else clean_success.clone()
         self.loss = torch.full((n,), float("-inf"), dtype=torch.float64, device=x.device)
 
-    def update(self, idx: torch.Tensor, x_new: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
-        """Offer new points for the samples ``idx`` of the batch; return which of them were taken."""
-        better = is_better(success, loss, self.success[idx], self.loss[idx])
-        if bool(better.any()):
-            self.set(idx[better], x_new[better], loss[better], success[better])
+    def update(
+        self,
+        idx: torch.Tensor,
+        x_new: torch.Tensor,
+        loss: torch.Tensor,
+        success: torch.Tensor,
+        offered: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Offer new points for the samples ``idx`` of the batch (only where ``offered``, when given); return which
+        of them were taken. Selects on the device: no host synchronisation."""
+        old_loss, old_success = self.loss.index_select(0, idx), self.success.index_select(0, idx)
+        better = is_better(success, loss, old_success, old_loss)
+        if offered is not None:
+            better = better & offered
+        rows = better.reshape(-1, *([1] * (x_new.ndim - 1)))
+        self.x.index_copy_(0, idx, torch.where(rows, x_new.to(self.x.dtype), self.x.index_select(0, idx)))
+        self.loss.index_copy_(0, idx, torch.where(better, loss.to(self.loss.dtype), old_loss))
+        self.success.index_copy_(0, idx, torch.where(better, success, old_success))
         return better
 
-    def set(self, idx: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
-        """Take the points as the best of the samples ``idx`` (e.g. from a search that compared them itself)."""
-        self.x[idx] = x.to(self.x.dtype)
-        self.loss[idx] = loss.to(self.loss.dtype)
-        self.success[idx] = success
+    def set(
+        self,
+        idx: torch.Tensor,
+        x: torch.Tensor,
+        loss: torch.Tensor,
+        success: torch.Tensor,
+        which: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Take the points as the best of the samples ``idx`` (e.g. from a search that compared them itself); only
+        where ``which`` is True, when given (selected on the device: no host synchronisation)."""
+        if which is None:
+            self.x[idx] = x.to(self.x.dtype)
+            self.loss[idx] = loss.to(self.loss.dtype)
+            self.success[idx] = success
+            return
+        rows = which.reshape(-1, *([1] * (x.ndim - 1)))
+        self.x.index_copy_(0, idx, torch.where(rows, x.to(self.x.dtype), self.x.index_select(0, idx)))
+        self.loss.index_copy_(0, idx, torch.where(which, loss.to(self.loss.dtype), self.loss.index_select(0, idx)))
+        self.success.index_copy_(0, idx, torch.where(which, success, self.success.index_select(0, idx)))
 
     def overwrite(self, idx: torch.Tensor, x_new: torch.Tensor) -> None:
         """Take the points as they are, unevaluated (last-iterate mode)."""
@@ -84,13 +116,28 @@ class ActiveSet:
         return int(self.idx.numel())
 
     def keep(self, keep: torch.Tensor) -> bool:
-        """Keep the samples where ``keep`` is True in every row; return whether any sample is left."""
-        if not bool(keep.all()):
-            flags = keep.tolist()
-            for name in self._names:
-                value = getattr(self, name)
-                if isinstance(value, torch.Tensor):
-                    object.__setattr__(self, name, value[keep])
-                elif isinstance(value, list):
-                    object.__setattr__(self, name, [v for v, k in zip(value, flags) if k])
-        return len(self) > 0
+        """Keep the samples where ``keep`` is True in every row; return whether any sample is left.
+
+        One host synchronisation: the flags are read once (how many samples stay sets the rows' new size); the
+        rows are then gathered on the device.
+        """
+        flags = keep.tolist()
+        count = sum(flags)
+        if count == len(flags):
+            return count > 0
+        rows = _true_rows(keep, count)
+        for name in self._names:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                object.__setattr__(self, name, value.index_select(0, rows.to(value.device)))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, [v for v, k in zip(value, flags) if k])
+        return count > 0
+
+
+def _true_rows(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices where the bool vector ``flags`` is True, ``count`` of them (known already: no synchronisation)."""
+    try:
+        return torch.nonzero_static(flags, size=count)[:, 0]
+    except (NotImplementedError, RuntimeError):  # a device without nonzero_static
+        return flags.nonzero()[:, 0]

@@ -150,16 +150,17 @@ class APGD(IterativeAttack):
                 s.x_prev, s.x_adv = x_cur, self._project(s.x0, x_new, s.mask)
             loss, success, s.grad = self._evaluate(objective, s.x_adv, s.idx)
             best.update(s.idx, s.x_adv, loss, success)
-            with torch.no_grad():
+            with torch.no_grad():  # selections on the device: no host synchronisation
                 improved = loss > s.loss_best
-                s.x_best[improved] = s.x_adv[improved]
-                s.grad_best[improved] = s.grad[improved]
+                rows = improved.reshape(-1, *([1] * (s.x_adv.ndim - 1)))
+                s.x_best = torch.where(rows, s.x_adv, s.x_best)
+                s.grad_best = torch.where(rows, s.grad, s.grad_best)
                 s.loss_best = torch.where(improved, loss, s.loss_best)
                 s.history[:, i + 1] = loss
                 if i + 1 in checkpoints:
                     self._check_step_size(s, i + 1, i + 1 - last_check)
                     last_check = i + 1
-            if self.early_stop and bool(success.any()) and not s.keep(~success):
+            if self.early_stop and not s.keep(~success):  # the step's one host synchronisation
                 return
 
     def _check_step_size(self, s: ActiveSet, done: int, interval: int) -> None:
@@ -170,10 +171,10 @@ class APGD(IterativeAttack):
         stalled = ~s.reduced_last & (s.loss_best_last >= s.loss_best)
         reduce = oscillating | stalled
         s.reduced_last, s.loss_best_last = reduce, s.loss_best.clone()
-        if bool(reduce.any()):
-            s.step = torch.where(reduce, s.step / 2.0, s.step)
-            s.x_adv[reduce] = s.x_best[reduce]
-            s.grad[reduce] = s.grad_best[reduce]
+        rows = reduce.reshape(-1, *([1] * (s.x_adv.ndim - 1)))
+        s.step = torch.where(reduce, s.step / 2.0, s.step)
+        s.x_adv = torch.where(rows, s.x_best, s.x_adv)
+        s.grad = torch.where(rows, s.grad_best, s.grad)
 
 
 class APGDT(APGD):

@@ -73,6 +73,7 @@ class AutoAttack(Attack):
 
     name = "autoattack"
     fixed_arguments = ("loss", "targeted", "kappa", "early_stop", "loss_kwargs", "objective")
+    per_sample_details = ("broken_by",)
 
     def __init__(
         self,
@@ -186,7 +187,7 @@ class AutoAttack(Attack):
         notes += self._sanity(state)
         n = x.shape[0]
         x_adv = x.clone()
-        broken_by: List[Optional[str]] = ["clean" if bool(c) else None for c in state.clean_success]
+        broken_by: List[Optional[str]] = ["clean" if c else None for c in state.clean_success.tolist()]
         broken_counts, seconds = {}, {}
         attacked = todo = (~state.clean_success).nonzero()[:, 0]
         for index, (name, attack) in enumerate(chain):
@@ -203,9 +204,11 @@ class AutoAttack(Attack):
             newly = result.success & ~result.clean_success
             take = torch.ones_like(newly) if index == 0 else newly  # robust samples keep APGD-CE's best point
             x_adv[todo[take]] = result.x_adv.as_subclass(torch.Tensor)[take].to(x_adv.dtype)
-            for i in todo[newly].tolist():
-                broken_by[i] = name
-            broken_counts[name] = int(newly.sum())
+            flags = newly.tolist()  # one read of the outcome per attack of the chain
+            for i, broken in zip(todo.tolist(), flags):
+                if broken:
+                    broken_by[i] = name
+            broken_counts[name] = sum(flags)
             todo = todo[~result.success]
         # the returned examples are what counts: check them in one pass
         success, loss = state.clean_success.clone(), state.clean_loss.double().clone()
@@ -214,7 +217,8 @@ class AutoAttack(Attack):
                 logits = self.call_model(x_adv[attacked].to(state.x.dtype))
                 success[attacked] = objective.success(logits, attacked)
                 loss[attacked] = objective.loss(logits, attacked).double()
-        unconfirmed = [i for i in attacked.tolist() if broken_by[i] not in (None, "clean") and not bool(success[i])]
+        confirmed = success.tolist()
+        unconfirmed = [i for i in attacked.tolist() if broken_by[i] not in (None, "clean") and not confirmed[i]]
         for i in unconfirmed:
             broken_by[i] = None
         if unconfirmed:

@@ -45,6 +45,7 @@ __all__ = [
     "FirstPass",
     "IterativeAttack",
     "QueryAttack",
+    "join_results",
 ]
 
 TARGET_STREAM = 2**32  # random stream of the random targets, apart from the restart streams 0, 1, ...
@@ -169,6 +170,13 @@ class Attack:
             interest) when no ``loss_mask`` is given at the call.
         objective: the :class:`~monai_adv.attacks.objective.Objective` class the attack builds per batch; a
             subclass changes the loss or the success criterion.
+        max_batch: None (attack the whole batch at once), or the largest number of samples attacked at once: a
+            larger batch is attacked in consecutive chunks of at most ``max_batch`` samples, one after the other,
+            and their results are joined (per-sample tensors and lists concatenated, counts and seconds in
+            ``details`` summed, notes merged). Each sample's result is the same as without chunks (the attacks are
+            batch-independent and seeded per sample; a ``seed`` of None is drawn once per call), while the memory an
+            attack holds (its graph, its iterates) scales with ``max_batch``. AutoAttack's sanity checks then run
+            on the first chunk.
     """
 
     #: name used by :func:`monai_adv.attacks.make_attack`
@@ -177,6 +185,8 @@ class Attack:
     fixed_arguments: Tuple[str, ...] = ()
     #: whether ``result.queries`` counts model evaluations (query-based attacks)
     counts_queries = False
+    #: keys of ``result.details`` holding one entry per sample (joined by concatenation across ``max_batch`` chunks)
+    per_sample_details: Tuple[str, ...] = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         fixed = sorted(set(kwargs) & set(cls.fixed_arguments))
@@ -200,6 +210,7 @@ class Attack:
         loss_kwargs: Optional[Dict[str, Any]] = None,
         loss_in_mask: bool = False,
         objective: Type[Objective] = Objective,
+        max_batch: Optional[int] = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be an nn.Module or a callable returning logits, got {type(model).__name__}.")
@@ -226,6 +237,7 @@ class Attack:
         if not (isinstance(objective, type) and issubclass(objective, Objective)):
             raise TypeError(f"`objective` must be a subclass of monai_adv.attacks.Objective, got {objective!r}.")
         self.objective = objective
+        self.max_batch = None if max_batch is None else check_int(max_batch, "max_batch")
 
     def __repr__(self) -> str:
         loss = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "callable")
@@ -279,21 +291,69 @@ class Attack:
             return AttackResult(x.detach().clone(), empty, torch.zeros(0, device=x.device), empty, task)
         with torch.inference_mode(False):
             x_orig = x.detach().as_subclass(torch.Tensor)
-            x_plain = x_orig.to(model_dtype(self.model) or x_orig.dtype).clone()
-            mask_t = check_mask(mask, x_plain)
-            y_t = as_tensor_labels(y, "y", x_plain.device)
-            target_t = None if target is None else as_tensor_labels(target, "target", x_plain.device)
-            loss_mask_t = None if loss_mask is None else as_tensor_labels(loss_mask, "loss_mask", x_plain.device)
+            mask_t = check_mask(mask, x_orig)
+            y_t = as_tensor_labels(y, "y", x_orig.device)
+            target_t = None if target is None else as_tensor_labels(target, "target", x_orig.device)
+            loss_mask_t = None if loss_mask is None else as_tensor_labels(loss_mask, "loss_mask", x_orig.device)
+            seed = resolve_seed(self.seed)  # one seed for every chunk of the batch
             with model_state_guard(self.model), torch.enable_grad():
-                state = self._prepare(x_plain, y_t, target_t, mask_t, loss_mask_t, need_clean)
-                state.x_input = x_orig
-                result = self._unchanged(state) if self.eps == 0 else self._perturb(state)
-            # the budget holds exactly in the input's dtype, whatever dtype the network computed in
-            mask_t = None if mask_t is None else mask_t.to(x_orig.dtype)
-            x_adv = enforce_budget(
-                x_orig, result.x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask_t, self.value_range
+                bounds = self._chunks(x_orig, y_t, target_t, loss_mask_t)
+                if bounds is None:
+                    result = self._attack_rows(x_orig, y_t, mask_t, target_t, loss_mask_t, need_clean, seed)
+                else:
+                    result = self._attack_chunks(bounds, x_orig, y_t, mask_t, target_t, loss_mask_t, need_clean, seed)
+        return replace(result, x_adv=_like_input(x, result.x_adv))
+
+    def _attack_rows(self, x_orig, y, mask, target, loss_mask, need_clean: bool, seed: int) -> AttackResult:
+        """Attack the batch ``x_orig`` (plain tensor, the input's dtype) as prepared by :meth:`_attack`, inside its
+        model guard; return the result with ``x_adv`` inside the budget, in the input's dtype."""
+        x_plain = x_orig.to(model_dtype(self.model) or x_orig.dtype).clone()
+        mask_plain = None if mask is None else mask.to(x_plain.dtype)
+        state = self._prepare(x_plain, y, target, mask_plain, loss_mask, need_clean, seed)
+        state.x_input = x_orig
+        result = self._unchanged(state) if self.eps == 0 else self._perturb(state)
+        # the budget holds exactly in the input's dtype, whatever dtype the network computed in
+        x_adv = enforce_budget(
+            x_orig, result.x_adv.detach().to(x_orig.dtype), self.eps, self.norm, mask, self.value_range
+        )
+        return replace(result, x_adv=x_adv)
+
+    def _chunks(self, x, y, target, loss_mask) -> Optional[List[Tuple[int, int]]]:
+        """The (start, stop) rows of the ``max_batch`` chunks, or None to attack the batch at once: when it is
+        small enough, or when a per-sample argument does not have one row per sample (then the unchunked call
+        reports it exactly as without ``max_batch``)."""
+        n = x.shape[0]
+        if self.max_batch is None or n <= self.max_batch:
+            return None
+        for labels in (y, target):
+            if labels is not None and (labels.ndim == 0 or labels.shape[0] != n):
+                return None
+        if loss_mask is not None and loss_mask.ndim >= x.ndim - 1 and loss_mask.shape[0] not in (1, n):
+            return None
+        return [(start, min(start + self.max_batch, n)) for start in range(0, n, self.max_batch)]
+
+    def _attack_chunks(self, bounds, x, y, mask, target, loss_mask, need_clean: bool, seed: int) -> AttackResult:
+        """Attack the chunks one after the other (only one chunk's graph and iterates alive at a time) and join
+        their results as one result for the whole batch."""
+        n = x.shape[0]
+        per_sample_mask = loss_mask is not None and loss_mask.ndim >= x.ndim - 1 and loss_mask.shape[0] == n
+        x_adv = torch.empty_like(x)
+        parts: List[AttackResult] = []
+        for start, stop in bounds:
+            rows = slice(start, stop)
+            part = self._attack_rows(
+                x[rows],
+                y[rows],
+                None if mask is None else mask[rows],
+                None if target is None else target[rows],
+                loss_mask[rows] if per_sample_mask else loss_mask,
+                need_clean,
+                seed,
             )
-        return replace(result, x_adv=_like_input(x, x_adv))
+            x_adv[rows] = part.x_adv
+            parts.append(replace(part, x_adv=x_adv[rows]))
+            del part  # its x_adv is copied: free it before the next chunk runs
+        return join_results(parts, self.per_sample_details, x_adv=x_adv)
 
     # ---- what subclasses implement or refine ------------------------------------------------------------------
     def _perturb(self, state: AttackState) -> AttackResult:
@@ -380,9 +440,10 @@ class Attack:
         mask: Optional[torch.Tensor] = None,
         loss_mask: Optional[torch.Tensor] = None,
         need_clean: bool = True,
+        seed: Optional[int] = None,
     ) -> AttackState:
         keys = sample_keys(x)
-        seed = resolve_seed(self.seed)
+        seed = resolve_seed(self.seed) if seed is None else seed
         logits, first = self._clean_pass(x, mask, keys, seed, need_clean)
         detached = logits.detach()
         check_logits(detached)
@@ -487,6 +548,76 @@ class QueryAttack(Attack):
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], queries: int = 5000, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.queries = check_int(queries, "queries", minimum=self.min_queries)
+
+
+def join_results(
+    parts: Sequence[AttackResult], per_sample_details: Sequence[str] = (), x_adv: Optional[torch.Tensor] = None
+) -> AttackResult:
+    """One :class:`AttackResult` for a batch attacked in consecutive chunks, from the chunks' results in order.
+
+    Per-sample tensors (``x_adv``, ``success``, ``loss``, ``clean_success``, ``queries``) are concatenated.
+    ``details`` are joined key by key: the entries named in ``per_sample_details`` (lists or tensors with one
+    entry per sample, e.g. AutoAttack's ``broken_by``) and tensors are concatenated; nested results (a transfer
+    attack's ``source``) are joined the same way; numbers (counts, seconds) are summed; dicts are joined per key;
+    other lists (``notes``, the names of a chain) keep the first chunk's entries followed by the new ones of the
+    others; any other value is kept when every chunk has the same, else listed per chunk.
+
+    Args:
+        parts: the chunks' results, in the order of their samples.
+        per_sample_details: keys of ``details`` holding one entry per sample.
+        x_adv: the joined adversarial batch, when the caller already holds it (else the chunks' are concatenated).
+    """
+    first = parts[0]
+    if len(parts) == 1:
+        return first if x_adv is None else replace(first, x_adv=x_adv)
+
+    def cat(name: str) -> Optional[torch.Tensor]:
+        values = [getattr(part, name) for part in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    return AttackResult(
+        cat("x_adv") if x_adv is None else x_adv,
+        cat("success"),
+        cat("loss"),
+        cat("clean_success"),
+        first.task,
+        cat("queries"),
+        _join_details([part.details for part in parts], set(per_sample_details)),
+    )
+
+
+def _join_details(details: Sequence[Dict[str, Any]], per_sample: set) -> Dict[str, Any]:
+    keys: List[str] = []
+    for entry in details:
+        keys += [key for key in entry if key not in keys]
+    return {key: _join_values(key, [d[key] for d in details if key in d], per_sample) for key in keys}
+
+
+def _join_values(key: str, values: List[Any], per_sample: set) -> Any:
+    first = values[0]
+    if isinstance(first, AttackResult):
+        return join_results(values, per_sample)
+    if key in per_sample and isinstance(first, (list, tuple)):
+        return [item for value in values for item in value]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(values).sum(dim=0) if first.ndim == 0 else torch.cat(values)
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return sum(values)
+    if isinstance(first, dict):
+        return _join_details(values, per_sample)
+    if isinstance(first, list):
+        joined = list(first)
+        for value in values[1:]:
+            joined += [item for item in value if item not in joined]
+        return joined
+    return first if all(_same(value, first) for value in values) else list(values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or (type(a) is type(b) and bool(a == b))
+    except (TypeError, ValueError, RuntimeError):  # e.g. arrays, whose == is elementwise
+        return False
 
 
 def _like_input(x_in: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:

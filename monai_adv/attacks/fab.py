@@ -173,11 +173,11 @@ class FAB(IterativeAttack):
                 logits = self.call_model(s.x1)
                 success = objective.success(logits, s.idx)
                 inside = self._norms(s.x1 - s.x0) <= self.eps
-                loss = objective.loss(logits, s.idx)[inside].double()
-                best.update(s.idx[inside], s.x1[inside], loss, success[inside])
-                if bool(success.any()):
-                    s.x1[success] = s.x0[success] + self.beta * (s.x1[success] - s.x0[success])
-                if self.early_stop and not s.keep(~best.success[s.idx]):
+                loss = objective.loss(logits, s.idx).double()
+                best.update(s.idx, s.x1, loss, success, offered=inside)  # no host synchronisation
+                rows = success.reshape(-1, *([1] * (s.x1.ndim - 1)))
+                s.x1 = torch.where(rows, s.x0 + self.beta * (s.x1 - s.x0), s.x1)
+                if self.early_stop and not s.keep(~best.success[s.idx]):  # the step's one host synchronisation
                     return
 
     def _perturb(self, state: AttackState):

@@ -181,7 +181,10 @@ def soft_dice_loss(
         onehot = labels.unsqueeze(1).to(logits.dtype)
     else:
         probs = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(labels, num_classes).movedim(-1, 1).to(logits.dtype)
+        # one-hot by scatter, laid out as F.one_hot(...).movedim(-1, 1), which on some devices checks the label
+        # range by reading the labels on the host at every call (they were checked once, by prepare_labels)
+        onehot = torch.zeros((*labels.shape, num_classes), dtype=logits.dtype, device=logits.device)
+        onehot = onehot.scatter_(-1, labels.unsqueeze(-1), 1.0).movedim(-1, 1)
         if not include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
     if mask is not None:

@@ -163,14 +163,12 @@ class PGD(IterativeAttack):
         for step in range(self.steps):
             logits, loss, grad = self._gradient(state, active, step, restart)
             active.x_adv = active.x_adv.detach()
-            if track:
+            if track:  # no host synchronisation but early exit's one: which samples are left
                 with torch.no_grad():
                     success = objective.success(logits.detach(), active.idx)
-                if self.best_iterate:
-                    best.update(active.idx, active.x_adv, loss.detach(), success)
-                elif bool(success.any()):
-                    best.update(active.idx[success], active.x_adv[success], loss.detach()[success], success[success])
-                if self.early_stop and bool(success.any()):
+                offered = None if self.best_iterate else success  # without best_iterate: only points that fool
+                best.update(active.idx, active.x_adv, loss.detach(), success, offered)
+                if self.early_stop:
                     active.grad = grad
                     if not active.keep(~success):
                         return

@@ -21,7 +21,7 @@ class _Scorer(Attack):
     """Evaluates given examples: one clean and one adversarial forward pass, no gradients."""
 
     def __init__(self, model: Callable, like: Attack, x_adv: torch.Tensor) -> None:
-        settings = {**like.settings(), "early_stop": False}
+        settings = {**like.settings(), "early_stop": False, "max_batch": None}  # x_adv is the whole batch
         if like.loss == "dlr":  # the scored model may have fewer classes: score with the cross-entropy
             settings.update(loss="ce", loss_kwargs=None)
         super().__init__(model, **settings)

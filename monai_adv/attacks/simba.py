@@ -156,14 +156,15 @@ class SimBA(QueryAttack):
             left = used[active.idx] < self.queries
             if self.early_stop:
                 left &= ~best.success[active.idx]
-            if not active.keep(left):
+            if not active.keep(left):  # the iteration's first host synchronisation: which samples are left
                 break
             q = self._directions(active.order[:, it], shape, state.x.dtype)
             if state.mask is not None:
                 q = q * state.mask[active.idx]
-            # one query: the move against q; a second one, along q, for the samples it did not help
+            # one query: the move against q; a second one, along q, for the samples it did not help (reading which
+            # ones is the iteration's second host synchronisation: the size of the second query's batch)
             taken = self._try(state, best, used, active.idx, -self.step * q)
-            rest = ~taken & (used[active.idx] < self.queries)
-            if bool(rest.any()):
+            rest = (~taken & (used[active.idx] < self.queries)).nonzero()[:, 0]
+            if rest.numel():
                 self._try(state, best, used, active.idx[rest], self.step * q[rest])
         return state.result(best.x, best.success, best.loss, used)

@@ -44,28 +44,29 @@ def window_side(fraction: float, spatial: Sequence[int]) -> int:
 
 
 class _PerSampleUniforms:
-    """Uniform numbers from each sample's own generator, drawn in blocks to save calls."""
+    """Uniform numbers from each sample's own generator, drawn in blocks to save calls.
 
-    def __init__(self, generators: List[torch.Generator], width: int, device: torch.device, block: int = 64):
-        self.generators, self.width, self.device, self.block = list(generators), width, device, block
-        self.buffer: Optional[torch.Tensor] = None
+    The generators and the block drawn are rows of the search's :class:`ActiveSet` (``generators``, ``uniforms``),
+    so they shrink with it when samples leave.
+    """
+
+    def __init__(self, rows: ActiveSet, generators: List[torch.Generator], width: int, block: int = 64):
+        self.rows, self.width, self.block = rows, width, block
+        rows.generators, rows.uniforms = list(generators), None
         self.position = block
 
     def draw(self) -> torch.Tensor:
         """(n, width) uniforms: row i comes from sample i's stream, the next numbers in it."""
+        rows = self.rows
         if self.position == self.block:
-            self.buffer = torch.stack(
-                [torch.rand((self.block, self.width), generator=g, device=self.device) for g in self.generators]
+            device = rows.idx.device
+            rows.uniforms = torch.stack(
+                [torch.rand((self.block, self.width), generator=g, device=device) for g in rows.generators]
             )
             self.position = 0
-        row = self.buffer[:, self.position]
+        row = rows.uniforms[:, self.position]
         self.position += 1
         return row
-
-    def keep(self, keep: torch.Tensor) -> None:
-        self.generators = [g for g, k in zip(self.generators, keep.tolist()) if k]
-        if self.buffer is not None:
-            self.buffer = self.buffer[keep]
 
 
 class Square(QueryAttack):
@@ -142,14 +143,12 @@ class Square(QueryAttack):
         best.update(idx, x_start, loss, success)
         used[idx] += 1
         spatial = tuple(state.x.shape[2:])
-        # per query: two window corners, a sign per channel and a split axis (L2 uses them all)
-        uniforms = _PerSampleUniforms(generators, 2 * len(spatial) + state.x.shape[1] + 1, device)
         search = _ActiveSearch(best, idx, state.x[idx], mask, self.eps, self.norm, self.value_range)
+        # per query: two window corners, a sign per channel and a split axis (L2 uses them all)
+        uniforms = _PerSampleUniforms(search.rows, generators, 2 * len(spatial) + state.x.shape[1] + 1)
         iterations = self.queries - 2
         for it in range(iterations):
-            if self.early_stop and bool(search.rows.success.any()):
-                uniforms.keep(search.drop_fooled())
-            if not search.rows:
+            if self.early_stop and not search.drop_fooled():  # the query's one host synchronisation
                 break
             fraction = square_fraction(self.p_init, it, iterations, self.rescale_schedule)
             proposal = search.propose(uniforms.draw(), fraction)
@@ -183,8 +182,8 @@ class _ActiveSearch:
             self.rows.lower, self.rows.upper = lo.flatten(2), hi.flatten(2)
             # window corners and positions as flat indices into the (N, C, prod(spatial)) view
             self.sizes = torch.tensor(self.spatial, device=x0.device)
-            strides = [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))]
-            self.strides = torch.tensor(strides, device=x0.device)
+            self._strides = [math.prod(self.spatial[d + 1 :]) for d in range(len(self.spatial))]
+            self.strides = torch.tensor(self._strides, device=x0.device)
             self._offsets_side, self._offsets = -1, None
 
     def _window_offsets(self, side: int) -> torch.Tensor:
@@ -192,7 +191,7 @@ class _ActiveSearch:
         if side != self._offsets_side:
             device = self.sizes.device
             grids = torch.meshgrid(*[torch.arange(side, device=device)] * len(self.spatial), indexing="ij")
-            self._offsets = sum(g.flatten() * int(s) for g, s in zip(grids, self.strides.tolist()))
+            self._offsets = sum(g.flatten() * s for g, s in zip(grids, self._strides))
             self._offsets_side = side
         return self._offsets
 
@@ -225,17 +224,15 @@ class _ActiveSearch:
         r.loss = torch.where(better, loss, r.loss)
         r.success = torch.where(better, success, r.success)
 
-    def drop_fooled(self) -> torch.Tensor:
-        """Hand the fooled samples back to the BestIterate and stop searching them; return the rows kept."""
+    def drop_fooled(self) -> bool:
+        """Hand the fooled samples back to the BestIterate and stop searching them; return whether any is left.
+
+        One host synchronisation (reading which samples stay); the write-back selects on the device.
+        """
         self.write_back(self.rows.success)
-        keep = ~self.rows.success
-        self.rows.keep(keep)
-        return keep
+        return self.rows.keep(~self.rows.success)
 
     def write_back(self, which: Optional[torch.Tensor] = None) -> None:
         """Copy the search state of the active samples (or of ``which`` among them) into the BestIterate."""
         r = self.rows
-        if which is None:
-            self.best.set(r.idx, r.x, r.loss, r.success)
-        else:
-            self.best.set(r.idx[which], r.x[which], r.loss[which], r.success[which])
+        self.best.set(r.idx, r.x, r.loss, r.success, which)

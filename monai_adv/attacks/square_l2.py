@@ -14,13 +14,22 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["window_starts", "window_mask", "eta_pattern", "l2_start", "l2_propose", "l2_window_side"]
+__all__ = ["window_starts", "window_index", "window_mask", "eta_pattern", "l2_start", "l2_propose", "l2_window_side"]
 
 
 def window_starts(uniforms: torch.Tensor, side: int, spatial: Sequence[int]) -> torch.Tensor:
     """Per-sample window corners (n, dims) from uniforms (n, dims), uniform over the valid positions."""
     sizes = torch.tensor(spatial, device=uniforms.device)
     return (uniforms * (sizes - side + 1)).floor().long().minimum(sizes - side)
+
+
+def window_index(starts: torch.Tensor, side: int, spatial: Sequence[int]) -> torch.Tensor:
+    """Flat indices (n, side ** dims) into the flattened spatial dims of each sample's cube window, row-major."""
+    strides = [math.prod(spatial[d + 1 :]) for d in range(len(spatial))]
+    grids = torch.meshgrid(*[torch.arange(side, device=starts.device)] * len(spatial), indexing="ij")
+    offsets = sum(g.flatten() * stride for g, stride in zip(grids, strides))
+    corner = sum(starts[:, d] * stride for d, stride in enumerate(strides))
+    return corner[:, None] + offsets
 
 
 def window_mask(starts: torch.Tensor, side: int, spatial: Sequence[int]) -> torch.Tensor:
@@ -120,21 +129,23 @@ def l2_propose(
     n, channels, spatial = x0.shape[0], x0.shape[1], tuple(x0.shape[2:])
     dims = len(spatial)
     delta = x_best - x0
-    first = window_mask(window_starts(uniforms[:, :dims], side, spatial), side, spatial)
+    first_starts = window_starts(uniforms[:, :dims], side, spatial)
+    first = window_mask(first_starts, side, spatial)
     second = window_mask(window_starts(uniforms[:, dims : 2 * dims], side, spatial), side, spatial)
+    # window 1's values by index (a boolean selection would need a host synchronisation for its size)
+    index = window_index(first_starts, side, spatial)[:, None].expand(n, channels, -1)
     signs = torch.where(uniforms[:, 2 * dims : 2 * dims + channels] < 0.5, -1.0, 1.0).to(x0.dtype)
     axes = (uniforms[:, 2 * dims + channels] * dims).floor().long().clamp_max(dims - 1)
 
     norm_image = delta.flatten(1).norm(dim=1)
     norm_windows = (delta * (first | second)[:, None]).flatten(1).norm(dim=1)
-    first_c = first[:, None].expand_as(delta)
-    old = delta[first_c].reshape(n, channels, -1)
+    old = delta.flatten(2).gather(2, index)
     new = _patterns(side, dims, x0.device, x0.dtype)[axes][:, None] * signs[:, :, None]
     new = new + old / (old.norm(dim=-1, keepdim=True) + 1e-12)
     energy = (eps**2 - norm_image**2).clamp_min(0.0) / channels + norm_windows**2
     new = new / new.norm(dim=-1, keepdim=True).clamp_min(1e-12) * energy.sqrt()[:, None, None]
     delta = delta.masked_fill(second[:, None].expand_as(delta), 0.0)
-    delta = delta.masked_scatter(first_c, new.reshape(-1))
+    delta = delta.flatten(2).scatter(2, index, new).reshape(x0.shape)
     if mask is not None:
         delta = delta * mask
     return _to_norm(delta, eps)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -81,6 +81,10 @@ class TransferAttack(Attack):
 
     def __repr__(self) -> str:
         return f"TransferAttack({self.source!r} -> {type(self.model).__name__})"
+
+    @property
+    def per_sample_details(self) -> Tuple[str, ...]:  # the details of the source's result in ``details["source"]``
+        return tuple(self.source.per_sample_details)
 
     def _perturb(self, state: AttackState):
         crafted = self.source.perturb(state.x_input, state.y, state.mask, state.target, state.loss_mask)

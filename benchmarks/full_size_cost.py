@@ -301,9 +301,11 @@ def _cell_text(row: Optional[dict], key: str) -> str:
         return ""
     if "seconds" not in row:
         return "skipped" if "skipped" in row else "failed"
-    mark = "*" if row["extrapolated"] and key == "seconds_per_image" else ""
     value = row[key]
-    return f"{value:.3g}{mark}" if key == "seconds_per_image" else f"{value:.0f}"
+    if key != "seconds_per_image":
+        return f"{value:.0f}"
+    text = f"{value:.2f}" if value < 10 else (f"{value:.1f}" if value < 100 else f"{value:,.0f}")
+    return text + ("*" if row["extrapolated"] else "")
 
 
 def markdown(payload: Dict[str, Any]) -> str:
@@ -322,9 +324,10 @@ def markdown(payload: Dict[str, Any]) -> str:
         "for its whole budget (`early_stop=False`), as on a network that no attack breaks; AutoAttack standard is "
         "the sum of its attacks run so (APGD-CE, APGD-T and FAB-T over 9 target classes of 10, Square-5000; "
         "segmentation: APGD-CE, APGD-Dice, Square-5000). 3D: whole volumes through `SlidingWindowInferer` and "
-        "`InfererModel`.",
+        f"`InfererModel`. The run took {payload.get('wall_seconds', 0) / 60:.0f} minutes.",
         "",
-        "Seconds per image (`*`: extrapolated from two shorter runs, 1 step or 2 queries and as many as fit "
+        "Seconds per image, per volume for the 3D networks (`*`: extrapolated from two shorter runs, 1 step or 2 "
+        "queries and as many as fit "
         f"{payload['cell_seconds']:g} s (at least 3 more), to the full budget along the straight line through them; "
         "APGD-T and FAB-T from one of their 9 target classes, times 9; the JSON keeps both runs and the cost per "
         "step or query):",
@@ -336,6 +339,10 @@ def markdown(payload: Dict[str, Any]) -> str:
         values = [_cell_text(cells.get((net, a)), "seconds_per_image") for a in attacks]
         lines.append(f"| {net} | {inputs.get(net, '')} | " + " | ".join(values) + " |")
     lines += [
+        "",
+        "The 1- and 3-channel networks of an architecture differ in their first convolution only, so they should "
+        "cost the same: the spread between their rows is the measurement noise (other processes share the "
+        "machine; an extrapolated cell multiplies the noise of a few steps by the budget).",
         "",
         "Peak memory (MB) above the network, the batch and a warm-up pass, "
         + ("each cell in this one process" if payload.get("in_process") else "each cell in a fresh process")

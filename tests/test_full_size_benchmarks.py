@@ -158,8 +158,8 @@ def test_cost_table_doc_section_is_written_once_and_replaced(tmp_path):
     full_size_cost.main(["--from-json", str(out), "--doc", str(doc)])  # appended
     text = doc.read_text()
     assert text.startswith("# Performance\n\nkept\n\n" + full_size_cost.SECTION + "\n")
-    assert "| unet3d | 1 x 1 x 96^3 | 1.5 |" in text and "| unet3d | 100 |" in text
-    doc.write_text(text.replace("| 1.5 |", "| old |") + "\n## Another section\n\nalso kept\n")
+    assert "| unet3d | 1 x 1 x 96^3 | 1.50 |" in text and "| unet3d | 100 |" in text
+    doc.write_text(text.replace("| 1.50 |", "| old |") + "\n## Another section\n\nalso kept\n")
     full_size_cost.main(["--from-json", str(out), "--doc", str(doc)])  # replaced in place
     again = doc.read_text()
     assert again.count(full_size_cost.SECTION) == 1 and "| old |" not in again

@@ -53,7 +53,14 @@ from benchmarks.full_size_networks import (
     parse_name,
     sliding_window,
 )
-from monai_adv.attacks import InfererModel, attack_arguments, available_attacks, make_attack, score_examples
+from monai_adv.attacks import (
+    InfererModel,
+    attack_arguments,
+    available_attacks,
+    eval_view,
+    make_attack,
+    score_examples,
+)
 from monai_adv.benchmark.io import write_json_atomic
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,6 +104,16 @@ def attack_settings(name: str, setup: Setup, surrogate: Callable, args: argparse
     if name == "transfer":
         kwargs.update(surrogate=surrogate, source="pgd", source_kwargs={"steps": args.steps})
     return kwargs
+
+
+def warm_up(setup: Setup, device: torch.device, precisions: Sequence[str]) -> None:
+    """One input-gradient pass in each precision, so that no cell pays for the first kernels' setup."""
+    for precision in precisions:
+        x = setup.x.clone().requires_grad_(True)
+        with precision_context(device, PRECISIONS[precision]):
+            out = eval_view(setup.model)(x)
+        torch.autograd.grad(out.float().sum(), x)
+    _sync(device)
 
 
 def run_cell(setup: Setup, name: str, kwargs: Dict[str, Any], precision: str, device: torch.device) -> Dict[str, Any]:
@@ -229,6 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for network in networks:
         setup = build_setup(network, device=str(device), fit_norm_stats=True, **shape)
         surrogate = surrogate_for(setup, shape, device)
+        warm_up(setup, device, args.precisions)
         for name in attacks:
             for precision in args.precisions:
                 row: Dict[str, Any]

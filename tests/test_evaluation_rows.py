@@ -117,3 +117,13 @@ def test_a_progress_folder_of_another_model_is_refused(setup, tmp_path):
     other = TinyClassifier(2, 1, 2).eval()
     with pytest.raises(ValueError, match="network: stored"):
         _evaluate(other, DataLoader(data, batch_size=8), progress_dir=tmp_path)
+
+
+def test_max_batch_gives_the_same_report(setup, reference):
+    network, data = setup
+    evaluator = _evaluate(network, DataLoader(data, batch_size=8), max_batch=3)
+    assert evaluator.max_batch == 3
+    assert all(attack.max_batch == 3 for attack in evaluator._attacks.values())
+    assert _comparable(evaluator.report()) == reference
+    with pytest.raises(ValueError, match="max_batch"):
+        _evaluate(network, DataLoader(data, batch_size=8), max_batch=0)

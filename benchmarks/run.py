@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -368,6 +369,22 @@ def machine() -> str:
     return text
 
 
+def _sections(text: str) -> dict:
+    """``{heading: section text}`` of the level-2 sections of a Markdown text (the part before the first is left)."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return {part.splitlines()[0]: part for part in parts if part.startswith("## ")}
+
+
+def with_kept_sections(doc: Path, text: str) -> str:
+    """``text`` followed by the sections of the existing ``doc`` that this run does not write (tables other scripts
+    measured, e.g. the full-size networks' costs), so that regenerating the page keeps them."""
+    if not doc.is_file():
+        return text
+    ours = _sections(text)
+    kept = [body for heading, body in _sections(doc.read_text(encoding="utf-8")).items() if heading not in ours]
+    return text.rstrip("\n") + "\n\n" + "".join(kept).rstrip("\n") + "\n" if kept else text
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -378,7 +395,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.from_json is not None:
         payload = json.loads(args.from_json.read_text())
-        write_text_atomic(args.doc, markdown(payload))
+        write_text_atomic(args.doc, with_kept_sections(args.doc, markdown(payload)))
         return payload
     repeats = 1 if args.tiny else args.repeats
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -397,7 +414,7 @@ def main(argv=None) -> dict:
     print(text)
     write_json_atomic(args.out, payload)
     if not args.tiny:
-        write_text_atomic(args.doc, text)
+        write_text_atomic(args.doc, with_kept_sections(args.doc, text))
     return payload
 
 

@@ -70,3 +70,14 @@ def test_performance_benchmark_tiny(tmp_path):
     main(["--from-json", str(out), "--doc", str(tmp_path / "performance.md")])
     text = (tmp_path / "performance.md").read_text()
     assert text.startswith("# Performance") and "## Each optimization, with and without it" in text
+
+
+def test_regenerating_the_performance_page_keeps_the_sections_other_scripts_wrote(tmp_path):
+    from benchmarks.run import with_kept_sections
+
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\n## Overhead\n\nold table\n\n## Full-size networks\n\ncost table\n")
+    text = with_kept_sections(doc, "# Performance\n\n## Overhead\n\nnew table\n")
+    assert "new table" in text and "old table" not in text
+    assert text.endswith("## Full-size networks\n\ncost table\n")
+    assert with_kept_sections(tmp_path / "none.md", "x\n") == "x\n"

@@ -31,8 +31,11 @@ def _dct_matrix_cpu(size: int) -> torch.Tensor:
     return matrix
 
 
-def dct_matrix(size: int, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The orthonormal DCT-II matrix (size, size): row k is the pixel-space basis vector of frequency k."""
+def dct_matrix(
+    size: int, device: Optional[Union[str, torch.device]] = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (size, size): row k is the pixel-space basis vector of frequency k; on
+    ``device`` (None: the host, where it is built and cached)."""
     return _dct_matrix_cpu(size).to(device=device, dtype=dtype)
 
 

@@ -104,9 +104,9 @@ class RobustTrainer(SupervisedTrainer):
     (or ``shuffle=False``) and a network without dropout for bit-identical resumption. ``seed=None`` draws from
     PyTorch's global generator.
 
-    Example::
+    Example (``default_device`` from ``monai_adv.devices``: ``cuda`` when available, else ``cpu``)::
 
-        trainer = RobustTrainer(device="cpu", max_epochs=10, train_data_loader=loader, network=net,
+        trainer = RobustTrainer(device=default_device(), max_epochs=10, train_data_loader=loader, network=net,
                                 optimizer=opt, loss_function=None, defense="pgd_at",
                                 defense_kwargs={"eps": 8 / 255})
         trainer.run()

@@ -44,7 +44,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from benchmarks.full_size_networks import build_setup, network_names
+from benchmarks.machine import processor
 from monai_adv.attacks import eval_view, make_attack
 from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
 
@@ -282,14 +282,7 @@ def run_cell(network: str, attack: str, options: Dict[str, Any], timeout: Option
 
 
 def machine(device: str) -> str:
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if models:
-            name = f"{models[0]} ({platform.machine()})"
-    except OSError:
-        pass
+    name = processor()
     text = f"{name}, {os.cpu_count()} CPU cores"
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name()}"

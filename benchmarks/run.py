@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import time
@@ -48,6 +47,7 @@ from monai.networks.nets import ResNet, UNet
 import monai_adv.attacks.apgd as apgd_module
 import monai_adv.attacks.pgd as pgd_module
 from benchmarks import autoattack_reference, memory3d, optimizations
+from benchmarks.machine import processor
 from benchmarks.optimizations import median_times
 from monai_adv.attacks import APGD, PGD, Square
 from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
@@ -355,14 +355,7 @@ def markdown(payload: dict) -> str:
 
 def machine() -> str:
     """The processor (model name where the system tells it), threads used, and the GPU when there is one."""
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if models:
-            name = f"{models[0]} ({platform.machine()})"
-    except OSError:
-        pass
+    name = processor()
     text = f"{name}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name()} (3D memory and autocast rows)"

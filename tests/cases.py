@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -159,3 +160,14 @@ def same_snapshot(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
         (g1 is None and g2 is None) or (g1 is not None and g2 is not None and torch.equal(g1, g2))
         for g1, g2 in zip(a["grad"], b["grad"])
     )
+
+
+def comparable_report(report: Dict[str, Any]) -> Dict[str, Any]:
+    """A robustness report without what differs between two runs of the same evaluation: when it was made and the
+    wall times."""
+    report = json.loads(json.dumps(report))
+    report.pop("created")
+    report["clean"].pop("seconds")
+    for row in report["results"]:
+        row.pop("seconds")
+    return report

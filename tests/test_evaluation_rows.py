@@ -7,8 +7,6 @@
 """RobustnessEvaluator keeps per-sample rows: the report depends on the samples, not on how they were batched,
 sharded (a padding sampler's repeated sample counts once) or resumed from a progress folder."""
 
-import json
-
 import pytest
 import torch
 from ignite.engine import Events
@@ -19,6 +17,7 @@ from torch.utils.data import DistributedSampler
 
 from monai_adv.data import BrainLesionDataset
 from monai_adv.engines import RobustnessEvaluator
+from tests.cases import comparable_report
 from tests.models import TinyClassifier
 
 SAMPLES = 11
@@ -47,25 +46,16 @@ def _evaluate(network, loader, **kwargs):
     return evaluator
 
 
-def _comparable(report):
-    report = json.loads(json.dumps(report))
-    report.pop("created")
-    report["clean"].pop("seconds")
-    for row in report["results"]:
-        row.pop("seconds")
-    return report
-
-
 @pytest.fixture(scope="module")
 def reference(setup):
     network, data = setup
-    return _comparable(_evaluate(network, DataLoader(data, batch_size=4)).report())
+    return comparable_report(_evaluate(network, DataLoader(data, batch_size=4)).report())
 
 
 def test_the_report_does_not_depend_on_the_batches(setup, reference):
     network, data = setup
     evaluator = _evaluate(network, DataLoader(data, batch_size=3))
-    assert _comparable(evaluator.report()) == reference
+    assert comparable_report(evaluator.report()) == reference
     assert reference["num_samples"] == SAMPLES
     assert {"sensitivity", "acc"} <= set(reference["results"][0]["metrics"])
 
@@ -77,13 +67,13 @@ def test_padded_shards_evaluated_apart_make_the_whole_report(setup, reference, t
         sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
         loader = DataLoader(data, batch_size=2, sampler=sampler)
         evaluator = _evaluate(network, loader, progress_dir=tmp_path)
-    assert _comparable(evaluator.report()) == reference
+    assert comparable_report(evaluator.report()) == reference
 
 
 def test_a_resumed_evaluation_attacks_only_the_missing_samples(setup, reference, tmp_path):
     network, data = setup
     first = _evaluate(network, DataLoader(data, batch_size=4), progress_dir=tmp_path)
-    assert _comparable(first.report()) == reference
+    assert comparable_report(first.report()) == reference
     stored = sorted((tmp_path / "batches").glob("*.pt"))
     assert len(stored) == 3
     stored[1].unlink()  # samples 4-7 are lost
@@ -102,7 +92,7 @@ def test_a_resumed_evaluation_attacks_only_the_missing_samples(setup, reference,
     )
     second.run()
     assert attacked == [False, False, True, True, False, False], "only the batches of samples 4-7 are attacked"
-    assert _comparable(second.report()) == reference
+    assert comparable_report(second.report()) == reference
 
 
 def test_progress_needs_to_know_each_sample(setup, tmp_path):
@@ -124,6 +114,6 @@ def test_max_batch_gives_the_same_report(setup, reference):
     evaluator = _evaluate(network, DataLoader(data, batch_size=8), max_batch=3)
     assert evaluator.max_batch == 3
     assert all(attack.max_batch == 3 for attack in evaluator._attacks.values())
-    assert _comparable(evaluator.report()) == reference
+    assert comparable_report(evaluator.report()) == reference
     with pytest.raises(ValueError, match="max_batch"):
         _evaluate(network, DataLoader(data, batch_size=8), max_batch=0)

@@ -19,6 +19,7 @@ import torch
 
 from monai_adv.apps.demo import demo_network
 from monai_adv.cli import main
+from tests.cases import comparable_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 13  # odd: the two ranks get shards of different sizes
@@ -28,16 +29,6 @@ SETTINGS = ["--data", "demo", "--samples", str(SAMPLES), "--attacks", "fgsm,pgd-
 def _arguments(checkpoint, out, batch_size=4, extra=()):
     args = ["evaluate", "--checkpoint", str(checkpoint), "--network", "demo", *SETTINGS, *extra]
     return args + ["--batch-size", str(batch_size), "--out", str(out), "--no-progress", "--device", "cpu"]
-
-
-def _comparable(report):
-    """The report without what differs between two runs of the same evaluation: the time it was made and took."""
-    report = json.loads(json.dumps(report))
-    report.pop("created")
-    report["clean"].pop("seconds")
-    for row in report["results"]:
-        row.pop("seconds")
-    return report
 
 
 def _env():
@@ -64,7 +55,7 @@ def test_two_gloo_processes_write_the_single_process_report(single_run, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "ddp" / "model.json").read_text())
     assert report["num_samples"] == SAMPLES and all(r["samples"] == SAMPLES for r in report["results"])
-    assert _comparable(report) == _comparable(single)
+    assert comparable_report(report) == comparable_report(single)
     stored = sorted(p.name for p in (tmp_path / "ddp" / "progress" / "batches").glob("*.pt"))
     assert any("rank0" in p for p in stored) and any("rank1" in p for p in stored), "each rank wrote its batches"
 
@@ -88,7 +79,7 @@ def test_a_killed_evaluation_resumes_to_the_same_report(single_run, tmp_path):
     # the rerun (with other batches: the outcomes do not depend on them) computes only the missing samples
     assert main(_arguments(checkpoint, out, batch_size=5)) == 0
     report = json.loads((out / "model.json").read_text())
-    assert _comparable(report) == _comparable(single)
+    assert comparable_report(report) == comparable_report(single)
     assert not list(batches.glob(".*.tmp*")), "no temporary file is left"
 
 

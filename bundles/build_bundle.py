@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE / ".build" / "data"  # the demo data the configs export, outside the bundle folders
 
 
 def _run(bundle: Path, configs, log: Path, **overrides) -> None:
     files = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle)]
-    cmd += ["--logging_file", str(bundle / "configs" / "logging.conf")]
+    cmd += ["--logging_file", str(bundle / "configs" / "logging.conf"), "--dataset_dir", str(DATA)]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
     print("$", " ".join(cmd), flush=True)
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     meta = json.loads(meta_path.read_text())
     meta["eval_metrics"] = _eval_metrics(reports["robust"])
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-    (bundle / "docs" / "results.json").write_text(json.dumps(reports, indent=1) + "\n")
+    (bundle / "docs" / "results.json").write_text(json.dumps(reports, indent=4) + "\n")  # the Model Zoo's JSON style
     shutil.copy(work / "eval_robust" / "robustness_curves.png", bundle / "docs" / "robustness_curves.png")
     print(json.dumps(meta["eval_metrics"], indent=1))
 

@@ -6,6 +6,7 @@
 
 """The MONAI bundles, tested as the Model Zoo does: ConfigWorkflow with overrides, metadata, export."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ TINY_TRAIN = {
 def _copy(name, tmp_path):
     """A copy of the bundle to run in (its outputs stay out of the repository)."""
     dst = tmp_path / name
-    shutil.copytree(BUNDLES / name, dst, ignore=shutil.ignore_patterns("eval", "demo_images"))
+    shutil.copytree(BUNDLES / name, dst, ignore=shutil.ignore_patterns("eval", "demo_images", "data", "train"))
     return dst
 
 
@@ -200,6 +201,44 @@ def test_one_epoch_natural_and_robust_training(name, tmp_path):
         assert (ckpt / "model.pt").is_file()
         if len(configs) == 2:
             assert type(wf.parser.get_parsed_content("train#trainer")).__name__ == "RobustTrainer"
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_short_training_saves_its_own_checkpoint_and_keeps_the_shipped_weights(name, tmp_path):
+    """One epoch with the default validation interval (2): no validation ran, the final model is still saved, in
+    the training folder; the published ``models/model.pt`` is byte-identical afterwards."""
+    bundle = _copy(name, tmp_path)
+    shipped = bundle / "models" / "model.pt"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    sizes = {k: v for k, v in TINY_TRAIN[name].items() if k.startswith("num_")}
+    for configs in (["train.json"], ["train.json", "train_robust.json"]):
+        _workflow(bundle, configs, max_epochs=1, **sizes)
+        assert (bundle / "models" / "train" / "model_final.pt").is_file()
+        assert not (bundle / "models" / "train" / "model.pt").exists(), "no validation ran, so no best model"
+        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+        (bundle / "models" / "train" / "model_final.pt").unlink()
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_datasets_are_built_from_datalists(name, tmp_path):
+    """``train#dataset#data`` and ``validate#dataset#data`` are lists of dicts of files (as the Model Zoo and MONAI
+    Label expect), written once under ``dataset_dir`` and read back by a second run."""
+    bundle = _copy(name, tmp_path)
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json")])
+    parser["bundle_root"] = str(bundle)
+    parser.update({k: v for k, v in TINY_TRAIN[name].items() if k.startswith("num_")})
+    for split, key in (("train", "num_train"), ("validate", "num_val")):
+        data = parser.get_parsed_content(f"{split}#dataset#data")
+        assert len(data) == TINY_TRAIN[name][key]
+        assert all(Path(item["image"]).is_file() and Path(item["image"]).is_relative_to(bundle / "data") for item in data)
+        sample = parser.get_parsed_content(f"{split}#dataset")[0]
+        assert sample["image"].shape[0] == 1 and sample["image"].dtype == torch.float32
+    again = ConfigParser()
+    again.read_config([str(bundle / "configs" / "train.json")])
+    again["bundle_root"] = str(bundle)
+    again.update({k: v for k, v in TINY_TRAIN[name].items() if k.startswith("num_")})
+    assert again.get_parsed_content("train#dataset#data") == parser.get_parsed_content("train#dataset#data")
 
 
 @pytest.mark.parametrize("name", TRAINED)

@@ -7,6 +7,8 @@
 """Data: the embedded demo set (real brain anatomy, simulated lesions) and loaders for users' own data."""
 
 from monai_adv.data.brain_lesion import BrainLesionDataset, load_anatomy
+from monai_adv.data.datalist import demo_datalist
+from monai_adv.data.export import export_demo, export_demo_medmnist, read_datalist
 from monai_adv.data.manifest import CSVManifestDataset
 from monai_adv.data.medmnist import MEDMNIST_FILES, MedMNISTDataset, download_medmnist
 
@@ -15,6 +17,10 @@ __all__ = [
     "CSVManifestDataset",
     "MEDMNIST_FILES",
     "MedMNISTDataset",
+    "demo_datalist",
     "download_medmnist",
+    "export_demo",
+    "export_demo_medmnist",
     "load_anatomy",
+    "read_datalist",
 ]

@@ -4,14 +4,17 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Adversarial training objectives (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks."""
+"""Training objectives: adversarial (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks, and Gaussian
+augmentation for randomized smoothing."""
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
 from monai_adv.defenses.registry import available_defenses, defense_class, make_defense
+from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = [
     "Defense",
     "FastAT",
+    "GaussianAugmentation",
     "HAT",
     "MART",
     "NaturalTraining",

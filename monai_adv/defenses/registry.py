@@ -12,6 +12,7 @@ import inspect
 from typing import Any, Dict, Sequence, Tuple, Type
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
+from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = ["make_defense", "available_defenses", "defense_class"]
 
@@ -22,6 +23,7 @@ _DEFENSES: Dict[str, Type[Defense]] = {
     "trades": TRADES,
     "mart": MART,
     "hat": HAT,
+    "gaussian_aug": GaussianAugmentation,
 }
 _CALL_ARGUMENTS = frozenset(inspect.signature(Defense.__call__).parameters) - {"self"}
 

@@ -1,0 +1,105 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""Training for randomized smoothing: Gaussian data augmentation at the sigma the model will be certified at."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from monai_adv.attacks import Attack
+from monai_adv.attacks.seeding import resolve_seed, sample_generators, sample_keys
+from monai_adv.attacks.validation import check_positive
+from monai_adv.defenses.objectives import Defense
+
+__all__ = ["GaussianAugmentation", "NOISE_STREAM"]
+
+#: the per-sample random stream the training noise is drawn from (see :mod:`monai_adv.attacks.seeding`)
+NOISE_STREAM = 1000
+
+
+class GaussianAugmentation(Defense):
+    """Gaussian data augmentation (Cohen, Rosenfeld & Kolter 2019): the task loss on ``x + N(0, sigma^2 I)``.
+
+    A network is certified by randomized smoothing (:mod:`monai_adv.certify`) through its predictions on noisy
+    copies of the input; trained on clean images only it sees such copies for the first time at certification
+    and its smoothed classifier abstains or errs. Training on noisy inputs at the ``sigma`` of the certification
+    is Cohen et al.'s recipe. The noise is added in the network's input space and **not clipped** to
+    ``value_range``, exactly as randomized smoothing adds it (clipping would train on another distribution than
+    the one the certificate is about); ``value_range`` only checks that the clean inputs are images of that range.
+
+    Every sample's noise comes from its own random stream (keyed by its content, the call's ``seed`` and
+    :data:`NOISE_STREAM`, as the attacks' random starts): it does not depend on the other samples of the batch,
+    and :class:`~monai_adv.engines.RobustTrainer` with a ``seed`` draws the same noise when a run is resumed.
+
+    For classification (CE), multi-label (BCE) and segmentation (CE or Dice, 2D and 3D). It returns the logits
+    of the noisy inputs as the ``"adversarial"`` output (the inputs the network is trained on; RobustTrainer
+    reports their accuracy as ``adversarial_accuracy``) and no clean logits.
+
+    Args:
+        sigma: standard deviation of the noise, in the units of the images (e.g. 0.25 for images in [0, 1]);
+            use the sigma the model will be certified at.
+        value_range: ``(lo, hi)`` of the clean images, or None (e.g. z-scored CT).
+        task: "auto", "classification", "multilabel" or "segmentation".
+        loss: "ce" (cross-entropy; BCE for multi-label) or "dice" (segmentation).
+        eps, steps, alpha, norm: not used (there is no attack); giving one is an error, so that an adversarial
+            training configuration switched to this defense does not silently lose its budget.
+
+    Example::
+
+        defense = make_defense("gaussian_aug", sigma=0.25)
+        trainer = RobustTrainer(..., defense=defense, seed=0)
+    """
+
+    name = "gaussian_aug"
+
+    def __init__(
+        self,
+        sigma: float = 0.25,
+        value_range: Optional[Sequence[float]] = (0.0, 1.0),
+        task: str = "auto",
+        loss: str = "ce",
+        eps: Optional[float] = None,
+        steps: Optional[int] = None,
+        alpha: Optional[float] = None,
+        norm: Optional[str] = None,
+    ) -> None:
+        given = [k for k, v in {"eps": eps, "steps": steps, "alpha": alpha, "norm": norm}.items() if v is not None]
+        if given:
+            raise TypeError(
+                f"The {self.name} defense trains on Gaussian noise and runs no attack: it takes `sigma`, not {given} "
+                f"(e.g. make_defense('{self.name}', sigma=0.25); in a bundle: "
+                f"--defense {self.name} --defense_kwargs \"{{'sigma': 0.25}}\")."
+            )
+        super().__init__(eps=0.0, steps=1, alpha=0.0, value_range=value_range, task=task, loss=loss)
+        self.sigma = check_positive(sigma, "sigma")
+        if self.value_range is not None and self.sigma > 10 * (self.value_range[1] - self.value_range[0]):
+            raise ValueError(
+                f"`sigma`={self.sigma:g} is more than 10 times the whole `value_range` {self.value_range}: give sigma "
+                "in the units of the images (e.g. 0.25 for images in [0, 1])."
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma:g})"
+
+    def inner_attack(self, network: Callable, seed: Optional[int] = None) -> Optional[Attack]:
+        return None
+
+    def noise(self, inputs: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
+        """``sigma`` times standard normal noise shaped as ``inputs`` (N, C, *spatial), in its dtype and on its
+        device, each sample's from its own stream (``seed`` None: a fresh seed from PyTorch's global generator)."""
+        x = inputs.detach().as_subclass(torch.Tensor)
+        if x.shape[0] == 0:
+            return torch.zeros_like(x)
+        generators = sample_generators(sample_keys(x), resolve_seed(seed), NOISE_STREAM, x.device)
+        draws = [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=torch.float32) for g in generators]
+        return (torch.stack(draws) * self.sigma).to(x.dtype)
+
+    def objective(self, network, inputs, targets):
+        logits = network(inputs + self.noise(inputs, self.seed))
+        return self._criterion(logits, targets), {"clean": None, "adversarial": logits}

@@ -231,7 +231,8 @@ def test_datasets_are_built_from_datalists(name, tmp_path):
     for split, key in (("train", "num_train"), ("validate", "num_val")):
         data = parser.get_parsed_content(f"{split}#dataset#data")
         assert len(data) == TINY_TRAIN[name][key]
-        assert all(Path(item["image"]).is_file() and Path(item["image"]).is_relative_to(bundle / "data") for item in data)
+        images = [Path(item["image"]) for item in data]
+        assert all(image.is_file() and image.is_relative_to(bundle / "data") for image in images)
         sample = parser.get_parsed_content(f"{split}#dataset")[0]
         assert sample["image"].shape[0] == 1 and sample["image"].dtype == torch.float32
     again = ConfigParser()

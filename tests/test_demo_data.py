@@ -7,6 +7,8 @@
 """The embedded demo data set: real anatomy, simulated lesions."""
 
 import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +150,37 @@ def test_monai_compose_cachedataset_dataloader_round_trip():
 def test_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         BrainLesionDataset(**{"num_samples": 1, **kwargs})
+
+
+@pytest.mark.parametrize("relative", [True, False])
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_export_to_a_relative_or_absolute_folder(relative, task, tmp_path, monkeypatch):
+    from monai_adv.data.export import main, read_datalist
+
+    monkeypatch.chdir(tmp_path)
+    out = "demo images" if relative else str(tmp_path / "elsewhere" / "demo")
+    main(["--out", out, "--task", task, "--num-samples", "3", "--image-size", "16"])
+    folder = tmp_path / out if relative else Path(out)
+    entries = read_datalist(folder)
+    assert len(entries) == 3 and all(Path(e["image"]).is_file() for e in entries)
+    listed = json.loads((folder / "datalist.json").read_text())
+    assert all(not Path(e["image"]).is_absolute() for e in listed), "paths relative to the folder"
+    if task == "classification":
+        rows = (folder / "labels.csv").read_text().splitlines()
+        assert rows[0] == "image,label" and len(rows) == 4 and rows[1].startswith("images/case_000.nii.gz,")
+    else:
+        assert all(Path(e["label"]).is_file() for e in entries)
+
+
+def test_export_as_a_medmnist_file_reads_back(tmp_path):
+    from monai_adv.data import MedMNISTDataset, export_demo_medmnist
+
+    path = export_demo_medmnist(tmp_path / "demo.npz", {"train": 4, "val": 2, "test": 2}, image_size=16)
+    train = MedMNISTDataset(path, "train")
+    reference = BrainLesionDataset("train", "classification", 2, num_samples=4, image_size=16)
+    assert len(train) == 4 and train[0]["image"].shape == (1, 16, 16)
+    for got, want in zip(train, reference):
+        assert int(got["label"]) == int(want["label"])
+        assert float((got["image"] - want["image"].as_tensor()).abs().max()) <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="task"):
+        export_demo_medmnist(tmp_path / "seg.npz", {"test": 1}, task="segmentation")

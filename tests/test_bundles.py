@@ -84,6 +84,24 @@ def test_metadata_is_valid_offline(name):
         assert meta["eval_metrics"], "eval_metrics must hold the measured figures"
 
 
+def _bundle_json_files():
+    """Every JSON file a bundle ships (not what its runs write: eval/, data/, models/train/)."""
+    return sorted(
+        p
+        for name in ALL
+        for p in (BUNDLES / name).rglob("*.json")
+        if not {"eval", "data", "train", "demo_images"} & set(p.relative_to(BUNDLES / name).parts[:-1])
+    )
+
+
+@pytest.mark.parametrize("path", _bundle_json_files(), ids=lambda p: str(p.relative_to(BUNDLES)))
+def test_bundle_json_files_have_the_model_zoo_format(path):
+    """The Model Zoo's pre-commit rule: ``pretty-format-json --no-sort-keys --indent=4`` (json.dumps with 4 spaces,
+    ASCII escapes, keys in their order) and a final newline."""
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=4) + "\n", "reformat with json.dumps(obj, indent=4) + newline"
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_bundle_layout(name):
     bundle = BUNDLES / name

@@ -29,11 +29,13 @@ from monai_adv.apps.arguments import (
     parse_eps,
     parse_value_range,
 )
+from monai_adv.apps.certify_arguments import check_smoothing, parse_radii
 from monai_adv.task_names import TASK_CHOICES
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_EPS = "1/255,2/255,4/255,8/255"
+SMOOTHING_TASK_CHOICES = ("auto", "classification", "binary", "multiclass", "multilabel", "segmentation")
 
 
 def _format_value(key: str, value: Any) -> str:
@@ -190,6 +192,38 @@ def _attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certify(args: argparse.Namespace) -> int:
+    _check_sizes(args)
+    check_smoothing(args.sigma, args.n0, args.n, args.alpha)
+    radii = parse_radii(args.radii, args.sigma)
+    check_model(args.bundle, args.checkpoint, args.network)
+    if args.data is not None:
+        check_data(args.data)
+    device = check_device(args.device)
+    from monai_adv.apps.certify import run_certify
+
+    run_certify(
+        out=Path(args.out),
+        sigma=args.sigma,
+        data=args.data,
+        bundle=args.bundle,
+        checkpoint=args.checkpoint,
+        network=args.network,
+        n0=args.n0,
+        n=args.n,
+        alpha=args.alpha,
+        radii=radii,
+        task=args.task,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        correction=args.correction,
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="a MONAI bundle folder (configs/inference.json, models/model.pt)")
     parser.add_argument("--checkpoint", type=Path, help="a state dict (loaded with weights_only=True)")
@@ -276,6 +310,32 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--label", type=int, help="the true class (default: the model's clean prediction)")
     attack.add_argument("--out", default="monai_adv_attack", help="output folder")
     attack.set_defaults(func=_attack)
+
+    certify = sub.add_parser(
+        "certify",
+        parents=[common],
+        help="certified L2 robustness by randomized smoothing -> report folder (JSON, CSV, Markdown, curve)",
+    )
+    _add_model_arguments(certify)
+    certify.add_argument(
+        "--data",
+        help="as for evaluate (default: with --bundle, the demo test split in the shape of its metadata; else demo)",
+    )
+    certify.add_argument("--sigma", type=float, default=0.25, help="noise std in input units (default 0.25)")
+    certify.add_argument("--n0", type=int, default=100, help="selection draws per sample (default 100)")
+    certify.add_argument(
+        "--n", type=int, default=10_000, help="estimation draws per sample (default 10000; the paper uses 100000)"
+    )
+    certify.add_argument("--alpha", type=float, default=0.001, help="error level of a certificate (default 0.001)")
+    certify.add_argument("--radii", help="L2 radii of the curve in input units (default 0 to 4 sigma by sigma/2)")
+    certify.add_argument("--task", default="auto", choices=SMOOTHING_TASK_CHOICES)
+    certify.add_argument("--samples", "--num-samples", dest="samples", type=int, help="use the first N samples")
+    certify.add_argument(
+        "--batch-size", type=int, help="noisy copies per network call (default 1000, fewer for large volumes)"
+    )
+    certify.add_argument("--correction", default="holm", choices=("holm", "bonferroni"), help="segmentation")
+    certify.add_argument("--out", default="monai_adv_certification", help="report folder")
+    certify.set_defaults(func=_certify)
     return parser
 
 

@@ -4,7 +4,7 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""MONAI/ignite workflows: adversarial training and robustness evaluation."""
+"""MONAI/ignite workflows: adversarial training, robustness evaluation and certification."""
 
 from monai_adv.engines.attack_suite import (
     FULL_SURVEY_ATTACKS,
@@ -13,6 +13,12 @@ from monai_adv.engines.attack_suite import (
     build_attack,
     eps_label,
     parse_attack_specs,
+)
+from monai_adv.engines.certification_evaluator import CertificationEvaluator
+from monai_adv.engines.certification_results import (
+    CERTIFICATION_SCHEMA,
+    CERTIFICATION_SCHEMA_VERSION,
+    CertificationResults,
 )
 from monai_adv.engines.robust_trainer import RobustTrainer
 from monai_adv.engines.robustness_evaluator import WORST_CASE, QueryCounter, RobustnessEvaluator, RobustnessEvents
@@ -25,6 +31,10 @@ from monai_adv.engines.robustness_results import (
 
 __all__ = [
     "AttackSpec",
+    "CERTIFICATION_SCHEMA",
+    "CERTIFICATION_SCHEMA_VERSION",
+    "CertificationEvaluator",
+    "CertificationResults",
     "CellAccumulator",
     "FULL_SURVEY_ATTACKS",
     "QueryCounter",

@@ -4,10 +4,12 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Figures of adversarial robustness: robustness curves, adversarial examples and Grad-CAM, written as PNGs."""
+"""Figures of adversarial robustness: robustness curves, certified curves, adversarial examples and Grad-CAM, written
+as PNGs."""
 
 from __future__ import annotations
 
+from monai_adv.visualize.certification import plot_certified_curves
 from monai_adv.visualize.curves import plot_robustness_curves
 from monai_adv.visualize.examples import plot_adversarial_examples
 from monai_adv.visualize.figures import new_figure, save_figure
@@ -22,6 +24,7 @@ __all__ = [
     "mid_slice",
     "new_figure",
     "plot_adversarial_examples",
+    "plot_certified_curves",
     "plot_gradcam",
     "plot_robustness_curves",
     "save_figure",

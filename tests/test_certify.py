@@ -44,7 +44,7 @@ class Linear(nn.Module):
         self.logits = logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ self.w.T + self.b
+        z = (x.flatten(1)[:, None, :] * self.w).sum(dim=2) + self.b  # elementwise: tiny products are slow in BLAS
         if self.logits == 2:
             return torch.cat([-z / 2, z / 2], dim=1)
         return z
@@ -160,17 +160,17 @@ def test_certificate_does_not_depend_on_the_batch_and_is_deterministic():
     net = _classifier()
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     rs = RandomizedSmoothing(net, 2.0, batch_size=64, seed=11)  # large noise: votes spread over the classes
-    batch = rs.certify(x, n0=20, n=300)
-    alone = rs.certify(x[3:4], n0=20, n=300)
-    moved = rs.certify(torch.cat([x[3:4], x[:3]]), n0=20, n=300)
+    batch = rs.certify(x, n0=10, n=100)
+    alone = rs.certify(x[3:4], n0=10, n=100)
+    moved = rs.certify(torch.cat([x[3:4], x[:3]]), n0=10, n=100)
     for field in ("prediction", "radius", "p_lower", "counts"):
         assert torch.equal(getattr(batch, field)[3:4], getattr(alone, field))
         assert torch.equal(getattr(batch, field)[3:4], getattr(moved, field)[:1])
-    again = rs.certify(x, n0=20, n=300)
+    again = rs.certify(x, n0=10, n=100)
     assert batch.to_rows() == again.to_rows()
-    other = RandomizedSmoothing(net, 2.0, batch_size=64, seed=12).certify(x, n0=20, n=300)
+    other = RandomizedSmoothing(net, 2.0, batch_size=64, seed=12).certify(x, n0=10, n=100)
     assert not torch.equal(other.counts, batch.counts)
-    assert torch.equal(rs.predict(x, n=200)[3:4], rs.predict(x[3:4], n=200))
+    assert torch.equal(rs.predict(x, n=100)[3:4], rs.predict(x[3:4], n=100))
 
 
 def test_calls_hold_at_most_batch_size_copies():
@@ -204,12 +204,12 @@ def test_network_is_left_exactly_as_found_and_run_in_eval_mode():
 
 
 # ---- shapes over tasks and dims ---------------------------------------------------------------------------------
-@settings(max_examples=12)
+@settings(max_examples=10)
 @given(
     dims=st.integers(1, 3),
     task=st.sampled_from(["multiclass", "binary", "multilabel", "segmentation"]),
     n=st.integers(1, 3),
-    draws=st.integers(1, 30),
+    draws=st.integers(1, 20),
     seed=st.integers(0, 1000),
 )
 def test_shapes_over_tasks_and_dims(dims, task, n, draws, seed):

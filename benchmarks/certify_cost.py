@@ -55,7 +55,7 @@ BUNDLES = {
 DRAWS = (1_000, 10_000, 100_000)
 N0, ALPHA, SIGMA = 100, 0.001, 0.25
 #: images per cell at most (fewer when the cell would take longer than --cell-seconds)
-IMAGES = {"classification": 16, "segmentation": 2}
+IMAGES = {"classification": 16, "segmentation": 1}
 
 
 def build(name: str, device: torch.device, images: int) -> Tuple[torch.nn.Module, torch.Tensor, str]:

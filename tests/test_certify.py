@@ -173,6 +173,20 @@ def test_certificate_does_not_depend_on_the_batch_and_is_deterministic():
     assert torch.equal(rs.predict(x, n=100)[3:4], rs.predict(x[3:4], n=100))
 
 
+def test_noise_does_not_depend_on_where_a_piece_sits_in_the_call():
+    # odd sizes: a sample's pieces start at unaligned offsets of the call's buffer
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).eval()
+    x = torch.randn(4, 1, 5)
+    rs = RandomizedSmoothing(net, 3.0, batch_size=23, seed=1)
+    batch = rs.certify(x, n0=3, n=7)
+    assert bool((batch.counts < 7).any())  # the votes are spread: the counts tell the noise apart
+    for i in range(4):
+        alone = rs.certify(x[i : i + 1], n0=3, n=7)
+        assert torch.equal(alone.counts, batch.counts[i : i + 1])
+        assert torch.equal(alone.prediction, batch.prediction[i : i + 1])
+
+
 def test_calls_hold_at_most_batch_size_copies():
     sizes = []
 
@@ -224,6 +238,8 @@ def test_shapes_over_tasks_and_dims(dims, task, n, draws, seed):
     rs = RandomizedSmoothing(net, 0.3, task=task, batch_size=17, seed=seed, check_outputs=False)
     cert = rs.certify(x, n0=max(1, draws // 3), n=draws, alpha=0.01)
     pred = rs.predict(x, n=draws, alpha=0.01)
+    last = rs.certify(x[-1:], n0=max(1, draws // 3), n=draws, alpha=0.01)  # the last sample alone: the same
+    assert torch.equal(last.prediction, cert.prediction[-1:]) and torch.equal(last.counts, cert.counts[-1:])
     assert same_snapshot(before, snapshot(net))
     if task == "segmentation":
         assert isinstance(cert, SegmentationCertificate)

@@ -134,14 +134,15 @@ class VoteCounter:
         counts: Optional[torch.Tensor] = None
         for call in plan_calls(x.shape[0], n, self.batch_size):
             rows = torch.cat([torch.full((size,), sample, dtype=torch.long) for sample, size in call]).to(x.device)
-            noise = torch.cat(
-                [
-                    torch.randn((size, *x.shape[1:]), generator=generators[sample], device=x.device, dtype=x.dtype)
-                    for sample, size in call
-                ]
-            )
-            noisy = noise.mul_(self.sigma).add_(x.index_select(0, rows))
+            # one buffer for the call's noisy copies, each piece filled from its sample's generator, in place
+            noisy = torch.empty((len(rows), *x.shape[1:]), device=x.device, dtype=x.dtype)
+            start = 0
+            for sample, size in call:
+                piece = noisy[start : start + size]
+                piece.normal_(generator=generators[sample]).mul_(self.sigma).add_(x[sample])
+                start += size
             votes = self._votes(self.model(noisy), len(rows))
+            del noisy
             if counts is None:
                 counts = self._empty_counts(x.shape[0], x.device)
             self._add(counts, rows, votes)

@@ -150,6 +150,19 @@ def test_multilabel_false_certification_rate_is_below_alpha_over_all_labels():
     assert low <= false_samples <= high
 
 
+def test_multilabel_labels_are_certified_apart():
+    # label 0 far on, label 1 far off, label 2 on its boundary: the third abstains, the others are certified
+    sigma = 0.5
+    w = torch.eye(4)[:3]
+    x = torch.tensor([[[1.0, -0.8, 0.0, 0.3]]])
+    rs = RandomizedSmoothing(Linear(w, torch.zeros(3), logits=1), sigma, task="multilabel", num_classes=3)
+    cert = rs.certify(x, n0=100, n=5_000, alpha=0.001)
+    assert cert.prediction.tolist() == [[1, 0, ABSTAIN]]
+    assert bool((cert.radius[0, :2] <= torch.tensor([1.0, 0.8], dtype=torch.float64)).all())
+    assert cert.radius[0, 2] == 0 and cert.sample_radius.tolist() == [0.0]
+    assert rs.predict(x, n=5_000, alpha=0.001).tolist() == [[1, 0, ABSTAIN]]
+
+
 # ---- batch independence, determinism, chunks --------------------------------------------------------------------
 def _classifier(k=3, dims=2, seed=0):
     torch.manual_seed(seed)

@@ -21,14 +21,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from monai_adv.attacks.tasks import looks_like_probabilities
+from monai_adv.attacks.tasks import TASK_CHOICES, looks_like_probabilities
 from monai_adv.attacks.tasks import predict as hard_prediction
 from monai_adv.attacks.validation import check_logits
 
 __all__ = ["SMOOTHING_TASKS", "VoteCounter", "plan_calls", "resolve_task"]
 
-#: what ``task=`` accepts: the project's tasks, "auto", and "binary"/"multiclass" (both run as "classification")
-SMOOTHING_TASKS = ("auto", "classification", "binary", "multiclass", "multilabel", "segmentation")
+#: what ``task=`` accepts: the project's tasks and "auto", and "binary"/"multiclass" (both run as "classification")
+SMOOTHING_TASKS = TASK_CHOICES + ("binary", "multiclass")
 
 
 def resolve_task(requested: str, logits: torch.Tensor) -> str:

@@ -24,8 +24,8 @@ setup(
     include_package_data=True,
     package_data={"monai_adv.data": ["assets/*.npz", "assets/NOTICE"], "monai_adv.benchmark": ["*.json"]},
     install_requires=[
-        # install the PyTorch build for your platform first; any torch that MONAI supports works
-        "torch>=2.0",
+        # install the PyTorch build for your platform first; torch 2.1 or newer (torch.nonzero_static)
+        "torch>=2.1",
         "numpy>=1.24",
         "monai[fire,nibabel,itk,ignite]>=1.4",
         "matplotlib>=3.5",  # report plots

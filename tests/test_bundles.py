@@ -73,6 +73,24 @@ def _tiny_medmnist(folder, channels=1, size=16):
     np.savez(folder / "tiny.npz", **arrays)
 
 
+def _check_declared_versions(meta):
+    """The versions a bundle declares (the Model Zoo installs exactly these) meet the package's own minimums and
+    install on the Python versions the Zoo's CI uses (3.9, 3.10): MONAI <= 1.5.x, PyTorch <= 2.8, NumPy < 2.1."""
+    from packaging.version import Version
+
+    requires = {}
+    for line in (ROOT / "setup.py").read_text().splitlines():
+        for name in ("torch", "numpy", "monai"):
+            if line.strip().startswith(f'"{name}') and ">=" in line:
+                requires[name] = Version(line.split(">=")[1].split('"')[0])
+    declared = {"torch": meta["pytorch_version"], "numpy": meta["numpy_version"], "monai": meta["monai_version"]}
+    for name, version in declared.items():
+        assert Version(version) >= requires[name], f"{name} {version} is older than setup.py's {requires[name]}"
+    assert Version(meta["monai_version"]) < Version("1.6"), "MONAI 1.6 needs Python 3.10"
+    assert Version(meta["pytorch_version"]) < Version("2.9"), "PyTorch 2.9 has no Python 3.9 wheels"
+    assert Version(meta["numpy_version"]) < Version("2.1"), "NumPy 2.1 needs Python 3.10"
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_metadata_is_valid_offline(name):
     if not SCHEMA.is_file():
@@ -80,6 +98,7 @@ def test_metadata_is_valid_offline(name):
     verify_metadata(meta_file=str(BUNDLES / name / "configs" / "metadata.json"), filepath=str(SCHEMA))
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
     assert "monai-adv" in meta["required_packages_version"]
+    _check_declared_versions(meta)
     if name in TRAINED:
         assert meta["eval_metrics"], "eval_metrics must hold the measured figures"
 
@@ -117,16 +136,14 @@ def test_bundle_layout(name):
         "metadata.json",
     ):
         assert (bundle / "configs" / f).is_file(), f
-    for f in ("LICENSE", "docs/README.md"):
+    for f in ("LICENSE", "docs/README.md", "models/model.pt", "docs/data_license.txt"):  # the Zoo's files and ours
         assert (bundle / f).is_file(), f
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     assert "monai_adv" not in json.dumps(inference["preprocessing"]), "no attacks in inference preprocessing"
-    assert all(p.stat().st_size < 25 * 2**20 for p in bundle.rglob("*") if p.is_file())
-    if name in TRAINED:
-        assert (bundle / "docs" / "data_license.txt").is_file()
+    assert all(p.stat().st_size < 2**20 for p in bundle.rglob("*") if p.is_file()), "the Zoo's 1 MB file limit"
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", ALL)
 def test_weights_load_safely_and_fit_the_network(name):
     bundle = BUNDLES / name
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -136,7 +153,7 @@ def test_weights_load_safely_and_fit_the_network(name):
     network.load_state_dict(state)
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", ALL)
 def test_net_in_out(name):
     bundle = BUNDLES / name
     verify_net_in_out(
@@ -148,7 +165,7 @@ def test_net_in_out(name):
     )
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", ALL)
 def test_torchscript_export_gives_the_same_outputs(name, tmp_path):
     bundle = BUNDLES / name
     ts = tmp_path / "model.ts"
@@ -176,14 +193,15 @@ def test_torchscript_export_gives_the_same_outputs(name, tmp_path):
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     network.eval()
-    x = torch.rand(2, 1, 32, 32) if name == CLS else torch.rand(1, 1, 32, 32, 32)
+    x = {CLS: torch.rand(2, 1, 32, 32), SEG: torch.rand(1, 1, 32, 32, 32), TEMPLATE: torch.rand(2, 1, 28, 28)}[name]
     with torch.no_grad():
         torch.testing.assert_close(exported(x), network(x), rtol=1e-4, atol=1e-5)
 
 
-def test_classification_inference_writes_predictions(tmp_path):
-    bundle = _copy(CLS, tmp_path)
-    data = export_demo(tmp_path / "images", task="classification", num_samples=12, image_size=32)
+@pytest.mark.parametrize("name,size", [(CLS, 32), (TEMPLATE, 28)])
+def test_classification_inference_writes_predictions(name, size, tmp_path):
+    bundle = _copy(name, tmp_path)
+    data = export_demo(tmp_path / "images", task="classification", num_samples=12, image_size=size)
     _workflow(
         bundle, ["inference.json"], "infer", dataset_dir=str(tmp_path / "images"), output_dir=str(tmp_path / "out")
     )
@@ -281,19 +299,31 @@ def test_clean_evaluation_writes_metrics(name, tmp_path):
     assert (out / "metrics.csv").read_text().startswith("val_")
 
 
-@pytest.mark.parametrize("name", TRAINED)
+def _template_test_data(folder):
+    """The template's starter-weight test split: the demo task as a MedMNIST file (a split depends only on its
+    own settings, so writing the test split alone gives the build's test samples)."""
+    from monai_adv.data import export_demo_medmnist
+
+    path = export_demo_medmnist(folder / "brain_lesion_demo_28px.npz", {"test": 100}, image_size=28)
+    return {"dataset_dir": str(path.parent), "medmnist_file": path.name}
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_bundled_model_matches_its_eval_metrics(name, tmp_path):
     """Re-measure one figure of eval_metrics with the bundle's own config: same data, seed and attack."""
     bundle = _copy(name, tmp_path)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
-    attack, key = ("pgd-20", "pgd-20_accuracy_eps_8/255") if name == CLS else ("fgsm", "fgsm_mean_dice_eps_8/255")
+    attack, key = ("fgsm", "fgsm_mean_dice_eps_8/255") if name == SEG else ("pgd-20", "pgd-20_accuracy_eps_8/255")
     override = {"attack_eps": "$[8 / 255]", "attacks": [attack], "output_dir": str(tmp_path / "out")}
+    if name == TEMPLATE:
+        override.update(_template_test_data(tmp_path))
     _workflow(bundle, ["train.json", "evaluate_robustness.json"], **override)
-    report = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    report_name = "robust_classifier" if name == TEMPLATE else name
+    report = json.loads((tmp_path / "out" / f"{report_name}.json").read_text())
     metric = report["primary_metric"]
     measured = {r["attack"]: r["metrics"][metric] for r in report["results"]}[attack]
     assert measured == pytest.approx(meta[key], abs=0.011)
-    clean_key = "clean_accuracy" if name == CLS else "clean_mean_dice"
+    clean_key = "clean_mean_dice" if name == SEG else "clean_accuracy"
     assert report["clean"][metric] == pytest.approx(meta[clean_key], abs=0.011)
 
 

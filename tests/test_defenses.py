@@ -103,7 +103,8 @@ def test_survey_defaults():
     defense = make_defense("pgd_at")
     assert defense.steps == 10 and defense.eps == 8 / 255 and defense.alpha == pytest.approx(2 / 255)
     assert make_defense("fast_at", eps=8 / 255).alpha == pytest.approx(10 / 255)
-    assert set(available_defenses()) == {"nat", "pgd_at", "fast_at", "trades", "mart", "hat", "gaussian_aug"}
+    adversarial = {"nat", "pgd_at", "fast_at", "trades", "mart", "hat"}
+    assert set(available_defenses()) == adversarial | {"gaussian_aug", "smoothadv"}
 
 
 def test_bad_input(problem):

@@ -227,6 +227,8 @@ def test_the_sliding_window_really_tiles():
 def _defense_settings(name: str, network: nn.Module) -> Dict[str, Any]:
     if name == "gaussian_aug":  # no attack: noise of std sigma, not clipped to the value range
         return {"sigma": 0.25}
+    if name == "smoothadv":  # an L2 attack on the smoothed classifier, with noise
+        return {"sigma": 0.25, "eps": EPS, "steps": 1, "m": 2}
     kwargs: Dict[str, Any] = {"eps": EPS}
     if name not in ("nat", "fast_at"):
         kwargs["steps"] = 1
@@ -264,8 +266,9 @@ def _train_one_step(case: Case, name: str, inferer: Optional[Callable]) -> None:
         assert 0.0 <= output["adversarial_accuracy"] <= 1.0
     # every input the network saw (clean, adversarial, HAT's helper examples) is in the value range and, in 2D
     # where the network sees the whole image, inside the budget (HAT's helper examples: h times the budget)
-    assert seen and (name == "gaussian_aug" or all(s.min() >= 0.0 and s.max() <= 1.0 for s in seen))
-    if not case.segmentation and name != "gaussian_aug":
+    noisy = name in ("gaussian_aug", "smoothadv")  # Gaussian noise on the inputs, not clipped to the range
+    assert seen and (noisy or all(s.min() >= 0.0 and s.max() <= 1.0 for s in seen))
+    if not case.segmentation and not noisy:
         bound = EPS * (defense.h if name == "hat" else 1.0) + 1e-6
         assert all((s - case.x).abs().max() <= bound for s in seen if s.shape == case.x.shape)
     assert [m.training for m in network.modules()] == flags

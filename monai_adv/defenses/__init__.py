@@ -5,10 +5,11 @@
 #     http://www.apache.org/licenses/LICENSE-2.0
 
 """Training objectives: adversarial (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks, and Gaussian
-augmentation for randomized smoothing."""
+augmentation and SmoothAdv for randomized smoothing."""
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
 from monai_adv.defenses.registry import available_defenses, defense_class, make_defense
+from monai_adv.defenses.smoothadv import SmoothAdv, SmoothedSoftClassifier
 from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "MART",
     "NaturalTraining",
     "PGDAT",
+    "SmoothAdv",
+    "SmoothedSoftClassifier",
     "TRADES",
     "available_defenses",
     "defense_class",

@@ -12,6 +12,7 @@ import inspect
 from typing import Any, Dict, Sequence, Tuple, Type
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
+from monai_adv.defenses.smoothadv import SmoothAdv
 from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = ["make_defense", "available_defenses", "defense_class"]
@@ -24,6 +25,7 @@ _DEFENSES: Dict[str, Type[Defense]] = {
     "mart": MART,
     "hat": HAT,
     "gaussian_aug": GaussianAugmentation,
+    "smoothadv": SmoothAdv,
 }
 _CALL_ARGUMENTS = frozenset(inspect.signature(Defense.__call__).parameters) - {"self"}
 

@@ -17,10 +17,35 @@ from monai_adv.attacks.seeding import resolve_seed, sample_generators, sample_ke
 from monai_adv.attacks.validation import check_positive
 from monai_adv.defenses.objectives import Defense
 
-__all__ = ["GaussianAugmentation", "NOISE_STREAM"]
+__all__ = ["GaussianAugmentation", "NOISE_STREAM", "check_sigma", "gaussian_noise"]
 
-#: the per-sample random stream the training noise is drawn from (see :mod:`monai_adv.attacks.seeding`)
+#: the per-sample random stream the training noise is drawn from (copy j of the noise: stream NOISE_STREAM + j; see
+#: :mod:`monai_adv.attacks.seeding`)
 NOISE_STREAM = 1000
+
+
+def check_sigma(sigma: float, value_range: Optional[Sequence[float]]) -> float:
+    """``sigma`` as a float after checking it is finite, > 0 and not more than 10 times the whole value range
+    (a unit mistake, e.g. 64 instead of 0.25)."""
+    sigma = check_positive(sigma, "sigma")
+    if value_range is not None and sigma > 10 * (value_range[1] - value_range[0]):
+        raise ValueError(
+            f"`sigma`={sigma:g} is more than 10 times the whole `value_range` {tuple(value_range)}: give sigma in the "
+            "units of the images (e.g. 0.25 for images in [0, 1])."
+        )
+    return sigma
+
+
+def gaussian_noise(inputs: torch.Tensor, sigma: float, seed: Optional[int] = None, copy: int = 0) -> torch.Tensor:
+    """``sigma`` times standard normal noise shaped as ``inputs`` (N, C, *spatial), in its dtype and on its device,
+    each sample's from its own stream: keyed by its content, ``seed`` (None: a fresh seed from PyTorch's global
+    generator) and the stream ``NOISE_STREAM + copy`` (``copy`` numbers independent noise copies of one batch)."""
+    x = inputs.detach().as_subclass(torch.Tensor)
+    if x.shape[0] == 0:
+        return torch.zeros_like(x)
+    generators = sample_generators(sample_keys(x), resolve_seed(seed), NOISE_STREAM + int(copy), x.device)
+    draws = [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=torch.float32) for g in generators]
+    return (torch.stack(draws) * sigma).to(x.dtype)
 
 
 class GaussianAugmentation(Defense):
@@ -77,12 +102,7 @@ class GaussianAugmentation(Defense):
                 f"--defense {self.name} --defense_kwargs \"{{'sigma': 0.25}}\")."
             )
         super().__init__(eps=0.0, steps=1, alpha=0.0, value_range=value_range, task=task, loss=loss)
-        self.sigma = check_positive(sigma, "sigma")
-        if self.value_range is not None and self.sigma > 10 * (self.value_range[1] - self.value_range[0]):
-            raise ValueError(
-                f"`sigma`={self.sigma:g} is more than 10 times the whole `value_range` {self.value_range}: give sigma "
-                "in the units of the images (e.g. 0.25 for images in [0, 1])."
-            )
+        self.sigma = check_sigma(sigma, self.value_range)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma:g})"
@@ -91,14 +111,8 @@ class GaussianAugmentation(Defense):
         return None
 
     def noise(self, inputs: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
-        """``sigma`` times standard normal noise shaped as ``inputs`` (N, C, *spatial), in its dtype and on its
-        device, each sample's from its own stream (``seed`` None: a fresh seed from PyTorch's global generator)."""
-        x = inputs.detach().as_subclass(torch.Tensor)
-        if x.shape[0] == 0:
-            return torch.zeros_like(x)
-        generators = sample_generators(sample_keys(x), resolve_seed(seed), NOISE_STREAM, x.device)
-        draws = [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=torch.float32) for g in generators]
-        return (torch.stack(draws) * self.sigma).to(x.dtype)
+        """The training noise of ``inputs`` for ``seed`` (see :func:`gaussian_noise`)."""
+        return gaussian_noise(inputs, self.sigma, seed)
 
     def objective(self, network, inputs, targets):
         logits = network(inputs + self.noise(inputs, self.seed))

@@ -10,7 +10,8 @@ and 100,000 noise draws per image.
 Each cell is ``RandomizedSmoothing(network, sigma=0.25).certify(x, n0=100, n=n, alpha=0.001)`` on test images of
 the embedded demo data (for segmentation followed by ``label_map(0.0)``, the per-voxel tests and Holm's
 correction): the classification bundle's 2D ResNet on 64x64 images, the segmentation bundle's 3D UNet on 48^3
-volumes through its ``SlidingWindowInferer`` (32^3 windows, overlap 0.25: 8 windows per volume). Time:
+volumes through its ``SlidingWindowInferer`` (32^3 windows, overlap 0.25: 8 windows per volume), with 32 windows
+per network call (``--sw-batch-size``) instead of the bundle's 4, since the noisy copies give many windows. Time:
 ``time.perf_counter`` around the call (with ``torch.cuda.synchronize`` on CUDA), after one warm-up network call of
 ``batch_size`` noisy copies.
 
@@ -58,19 +59,28 @@ N0, ALPHA, SIGMA = 100, 0.001, 0.25
 IMAGES = {"classification": 16, "segmentation": 1}
 
 
-def build(name: str, device: torch.device, images: int) -> Tuple[torch.nn.Module, torch.Tensor, str]:
-    """The bundle's network (through its inferer for segmentation), demo test images, and their description."""
+def build(
+    name: str, device: torch.device, images: int, sw_batch_size: Optional[int] = None
+) -> Tuple[torch.nn.Module, torch.Tensor, str]:
+    """The bundle's network (through its sliding-window inferer for segmentation, with ``sw_batch_size`` windows per
+    network call instead of the bundle's when given), demo test images, and their description."""
     network, parser = load_bundle(BUNDLES[name])
     network = network.to(device).eval()
     if name == "segmentation":
-        model = InfererModel(network, parser.get_parsed_content("inferer"))
+        inferer = parser.get_parsed_content("inferer")
+        if sw_batch_size is not None:
+            inferer.sw_batch_size = sw_batch_size
+        model = InfererModel(network, inferer)
         data = BrainLesionDataset("test", "segmentation", 3, num_samples=images)
     else:
         model = network
         data = BrainLesionDataset("test", "classification", 2, num_samples=images)
     x = torch.stack([data[i]["image"].as_subclass(torch.Tensor) for i in range(images)]).float().to(device)
-    kind = "3D UNet, sliding window" if name == "segmentation" else "2D ResNet"
-    return model, x, f"{kind}, {'x'.join(str(s) for s in x.shape[2:])}"
+    size = "x".join(str(s) for s in x.shape[2:])
+    if name == "segmentation":
+        roi = "x".join(str(s) for s in inferer.roi_size)
+        return model, x, f"3D UNet, {size}, {roi} windows, {inferer.sw_batch_size} per call"
+    return model, x, f"2D ResNet, {size}"
 
 
 def _sync(device: torch.device) -> None:
@@ -94,12 +104,13 @@ def measure_network(name: str, options: Dict[str, Any]) -> List[Dict[str, Any]]:
     device = torch.device(options["device"])
     segmentation = name == "segmentation"
     most = 1 if options["tiny"] else IMAGES[name]
-    model, x, description = build(name, device, most)
+    model, x, description = build(name, device, most, options.get("sw_batch_size"))
     batch_size = options["batch_size"][name]
     rs = RandomizedSmoothing(model, SIGMA, batch_size=batch_size, seed=0)
     rs.predict(x[:1], n=min(batch_size, 2 if options["tiny"] else batch_size))  # warm-up: one network call
     rows: List[Dict[str, Any]] = []
     per_copy: Optional[float] = None  # seconds per noisy copy of one image, at the largest n measured so far
+    measured_n: Optional[int] = None
     n0 = options["n0"]
     for n in options["draws"]:
         row: Dict[str, Any] = {"network": name, "input": description, "n0": n0, "n": n, "batch_size": batch_size}
@@ -108,11 +119,11 @@ def measure_network(name: str, options: Dict[str, Any]) -> List[Dict[str, Any]]:
         if estimate is not None:
             images = min(most, int(options["cell_seconds"] // estimate))
         if images < 1 and not options["no_extrapolation"]:
-            row.update(images=0, seconds_per_image=estimate, extrapolated=True, per_copy_from=rows[-1]["n"])
+            row.update(images=0, seconds_per_image=estimate, extrapolated=True, per_copy_from=measured_n)
         else:
             images = max(images, 1)
             seconds = time_certify(rs, x[:images], n0, n, segmentation)
-            per_copy = seconds / (images * (n0 + n))
+            per_copy, measured_n = seconds / (images * (n0 + n)), n
             row.update(images=images, seconds=seconds, seconds_per_image=seconds / images, extrapolated=False)
         row["images_per_second"] = 1.0 / row["seconds_per_image"]
         row["network_passes_per_second"] = (n0 + n) / row["seconds_per_image"]
@@ -207,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--draws", nargs="+", type=int, default=list(DRAWS), help="values of n, increasing")
     parser.add_argument("--batch-size-classification", type=int, default=1000)
     parser.add_argument("--batch-size-segmentation", type=int, default=None, help="default 32 (CPU), 128 (CUDA)")
+    parser.add_argument(
+        "--sw-batch-size", type=int, default=32, help="sliding windows per network call (the bundle has 4)"
+    )
     parser.add_argument("--cell-seconds", type=float, default=600.0, help="time one cell may take")
     parser.add_argument("--no-extrapolation", action="store_true", help="run every cell")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -230,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "no_extrapolation": args.no_extrapolation,
             "tiny": args.tiny,
             "n0": 2 if args.tiny else N0,
+            "sw_batch_size": args.sw_batch_size,
         }
         if args.tiny:
             options["batch_size"] = {"classification": 8, "segmentation": 2}

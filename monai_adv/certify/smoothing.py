@@ -204,15 +204,14 @@ class RandomizedSmoothing:
         if task == "segmentation":
             return certify_segmentation(counts0, counts, self.sigma, n0, n, alpha, correction)
         counts0, counts = counts0.cpu().long(), counts.cpu().long()
-        if task == "multilabel":
-            labels = counts.shape[1]
-            selected = (2 * counts0 > n0).long()  # a tie selects "off"
+        labels = counts.shape[1]
+        if task == "multilabel":  # each label's value ("on" when > half the votes; a tie selects "off")
+            selected = (2 * counts0 > n0).long()
             top = torch.where(selected == 1, counts, n - counts)
-            level = alpha / max(labels, 1)
+            level = alpha / max(labels, 1)  # Bonferroni over the labels
         else:
-            labels = counts.shape[1]
-            selected = counts0.argmax(dim=1) if counts0.numel() else torch.zeros(0, dtype=torch.long)
-            top = counts.gather(1, selected[:, None])[:, 0] if counts.numel() else torch.zeros(0, dtype=torch.long)
+            selected = counts0.argmax(dim=1)
+            top = counts.gather(1, selected[:, None])[:, 0]
             level = alpha
         p_lower = lower_confidence_bound(top.numpy(), n, level)
         radius = torch.from_numpy(radius_from_bound(p_lower, self.sigma))

@@ -9,7 +9,9 @@ false-certification rate, batch independence, shapes, the statistics, and bad in
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
+import monai_adv.certify
 from monai_adv.certify import ABSTAIN, Certificate, RandomizedSmoothing, SegmentationCertificate
 from monai_adv.certify.sampling import plan_calls
 from monai_adv.certify.statistics import (
@@ -65,6 +68,18 @@ def _points(margins, spare=0.0) -> torch.Tensor:
 
 def _exact_radius(x: torch.Tensor) -> torch.Tensor:
     return ((x.flatten(1) @ W.T + B)[:, 0].abs() / W.norm()).double()
+
+
+def test_certify_imports_only_torch_numpy_scipy_and_the_attack_layer():
+    # the attack layer imports neither MONAI nor ignite (tests/test_package.py): neither does this one then
+    allowed = {"torch", "numpy", "scipy", "monai_adv.attacks", "monai_adv.certify"}
+    allowed |= {"__future__", "dataclasses", "math", "numbers", "typing"}  # the standard library modules it uses
+    for path in Path(monai_adv.certify.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                assert any(name == a or name.startswith(a + ".") for a in allowed), f"{path.name} imports {name}"
 
 
 # ---- soundness on a linear classifier ---------------------------------------------------------------------------

@@ -324,7 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--sigma", type=float, default=0.25, help="noise std in input units (default 0.25)")
     certify.add_argument("--n0", type=int, default=100, help="selection draws per sample (default 100)")
     certify.add_argument(
-        "--n", type=int, default=10_000, help="estimation draws per sample (default 10000; the paper uses 100000)"
+        "--n",
+        "--num-draws",
+        dest="n",
+        type=int,
+        default=10_000,
+        help="estimation draws per sample (default 10000; the paper uses 100000); under torchrun write --num-draws "
+        "(torchrun reads --n as an abbreviation of its own options)",
     )
     certify.add_argument("--alpha", type=float, default=0.001, help="error level of a certificate (default 0.001)")
     certify.add_argument("--radii", help="L2 radii of the curve in input units (default 0 to 4 sigma by sigma/2)")

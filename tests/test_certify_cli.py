@@ -8,6 +8,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,13 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from monai_adv.apps.certify import bundle_demo_data
 from monai_adv.benchmark.certification_report import validate_certification_report
 from monai_adv.cli import main
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+DOCS = ROOT / "docs" / "certification.md"
 CLASSIFICATION = BUNDLES / "brain_lesion_robust_classification"
 SEGMENTATION = BUNDLES / "brain_lesion_robust_segmentation"
 FILES = ("certification.json", "certification.csv", "certification.md", "certified_curves.png")
@@ -149,3 +153,53 @@ def test_a_3d_network_on_2d_data_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dimension mismatch" in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_is_certified_on_its_own_test_split_by_default(tmp_path):
+    data, name = bundle_demo_data(CLASSIFICATION, None)
+    assert len(data) == 100 and name == "demo:classification (test split, 32^2)"  # eval_metrics#test_samples
+    assert tuple(data[0]["image"].shape) == (1, 32, 32)
+    assert len(bundle_demo_data(CLASSIFICATION, 3)[0]) == 3
+    data, name = bundle_demo_data(SEGMENTATION, 2)
+    assert name == "demo3d:segmentation (test split, 32^3)" and tuple(data[0]["label"].shape) == (1, 32, 32, 32)
+    (tmp_path / "configs").mkdir()
+    assert bundle_demo_data(tmp_path, None) is None  # no metadata: the command falls back to --data demo
+
+
+def test_the_documented_bundle_config_certifies(tmp_path):
+    """The override file of docs/certification.md ("In a MONAI workflow") runs with the bundle's train.json."""
+    from monai.bundle import run
+
+    section = DOCS.read_text().split("## In a MONAI workflow", 1)[1].split("\n## ", 1)[0]
+    config = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    (tmp_path / "certify.json").write_text(json.dumps(config))
+    files = [str(CLASSIFICATION / "configs" / "train.json"), str(tmp_path / "certify.json")]
+    overrides = {"certification#n0": 10, "certification#n": 50, "num_val": 3}
+    run(
+        config_file=files,
+        bundle_root=str(CLASSIFICATION),
+        dataset_dir=str(tmp_path / "data"),
+        output_dir=str(tmp_path / "out"),
+        **overrides,
+    )
+    report = json.loads((tmp_path / "out" / "certification.json").read_text())
+    validate_certification_report(report)
+    assert report["num_samples"] == 3 and report["n"] == 50 and report["sigma"] == 0.25
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_write_the_single_process_report(tmp_path):
+    # --num-draws: torchrun would take --n for an abbreviation of its own --nnodes, --nproc-per-node, ...
+    args = ["certify", "--bundle", str(CLASSIFICATION), "--n0", "10", "--num-draws", "100", "--samples", "6"]
+    args += ["--no-progress", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "single")]) == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai_adv"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = launcher + args + ["--out", str(tmp_path / "ddp")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, ddp = (json.loads((tmp_path / d / "certification.json").read_text()) for d in ("single", "ddp"))
+    assert ddp["num_samples"] == 6 and [s["index"] for s in ddp["samples"]] == list(range(6))
+    for key in ("created", "seconds"):
+        single.pop(key), ddp.pop(key)
+    assert ddp == single

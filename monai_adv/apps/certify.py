@@ -53,15 +53,20 @@ def default_noise_batch(image: torch.Tensor) -> int:
 
 def bundle_demo_data(bundle: Path, samples: Optional[int], seed: int = 0) -> Optional[Tuple[Any, str]]:
     """The test split of the demo data in the shape the bundle's network takes, read from its
-    ``configs/metadata.json#network_data_format`` (input spatial shape; output format "segmentation" or classes);
+    ``configs/metadata.json``: ``network_data_format`` (input spatial shape; output format "segmentation" or
+    classes) and, when ``samples`` is None, ``eval_metrics#test_samples`` (the size of the bundle's own evaluation).
     None when the metadata does not describe a square (cubic) image of 2 or 3 spatial dims."""
     path = Path(bundle) / "configs" / "metadata.json"
     try:
-        formats = json.loads(path.read_text())["network_data_format"]
+        metadata = json.loads(path.read_text())
+        formats = metadata["network_data_format"]
         shape = [int(v) for v in formats["inputs"]["image"]["spatial_shape"]]
         output = str(formats["outputs"]["pred"].get("format", "classes"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if samples is None:
+        measured = (metadata.get("eval_metrics") or {}).get("test_samples")
+        samples = measured if isinstance(measured, int) and not isinstance(measured, bool) and measured > 0 else None
     if len(shape) not in (2, 3) or len(set(shape)) != 1 or shape[0] < 16:
         return None
     task = "segmentation" if output == "segmentation" else "classification"

@@ -95,10 +95,9 @@ def plot_certified_curves(reports: Any, path: PathLike, title: Optional[str] = N
     task = tasks.pop()
     first_name, first = next(iter(named.items()))
     several = len(named) > 1
-    default = (
-        f"{first_name if single else 'certified robustness'}: n={first['n']:,}, "
-        f"probability >= {1 - first['alpha']:g} per certificate"
-    )
+    default = f"{first_name + ': ' if single else ''}certified robustness (L2)"
+    if len({(r["n"], r["alpha"]) for r in named.values()}) == 1:  # the settings the curves share
+        default += f"\nn={first['n']:,} draws, each certificate holds with probability >= {1 - first['alpha']:g}"
     if task == "segmentation":
         fig = new_figure(10.0, 4.2)
         panels = [("certified_dice", "certified Dice"), ("certified_fraction", "certified voxels (fraction)")]

@@ -30,6 +30,7 @@ setup(
         "monai[fire,nibabel,itk,ignite]>=1.4",
         "matplotlib>=3.5",  # report plots
         "tqdm>=4.60",  # progress bars of the command line
+        "scipy>=1.8",  # certification (monai_adv.certify, imported by monai_adv.engines): binomial tests and bounds
     ],
     extras_require={
         # torchattacks (the reference used by the tests) is installed separately with `--no-deps`:

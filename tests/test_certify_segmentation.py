@@ -124,10 +124,27 @@ def test_certified_dice_by_hand():
     cert = SegmentationCertificate(prediction, counts, 0.5, 10, n, 0.01, "holm", 3)
     assert cert.label_map(0.0).tolist() == [[[0, 1, ABSTAIN], [2, ABSTAIN, 0]]]
     y = torch.tensor([[[0, 1, 1], [2, 0, 0]]])
-    # class 1: predicted {(0,1)}, true {(0,1),(0,2)} -> 2/3; class 2: {(1,0)} both -> 1; background 2*2/(2+3)
-    assert cert.certified_dice(y, [0.0])[0, 0].item() == pytest.approx((2 / 3 + 1) / 2)
+    # abstained (0,2) (true 1) and (1,1) (true 0) count against every class: a miss of their own, a false positive
+    # of each other. Class 1: P = {(0,1), (1,1)}, G = {(0,1), (0,2)} -> 2/4; class 2: P = {(1,0), (0,2), (1,1)},
+    # G = {(1,0)} -> 2/4; background: P = {(0,0), (1,2), (0,2)}, G = {(0,0), (1,1), (1,2)} -> 4/6
+    assert cert.certified_dice(y, [0.0])[0, 0].item() == pytest.approx(0.5)
     both = cert.certified_dice(y, [0.0], include_background=True)[0, 0].item()
-    assert both == pytest.approx((0.8 + 2 / 3 + 1) / 3)
+    assert both == pytest.approx((0.5 + 0.5 + 2 / 3) / 3)
+    # a lower bound: no way of filling the abstained voxels gives a smaller Dice (with several foreground classes
+    # the mean of each class's worst case may lie below the worst mean: 0.5 here against 7/12)
+    completions = [torch.tensor([[[0, 1, a], [2, b, 0]]]) for a in range(3) for b in range(3)]
+    worst = min(certified_dice(full, y, 3).item() for full in completions)
+    assert worst == pytest.approx(7 / 12) and worst >= cert.certified_dice(y, [0.0])[0, 0].item()
+    # one foreground class (the bundles' case): the bound is the worst completion exactly
+    binary, truth = torch.tensor([[[1, ABSTAIN], [ABSTAIN, 0]]]), torch.tensor([[[1, 1], [0, 0]]])
+    fills = [torch.tensor([[[1, a], [b, 0]]]) for a in range(2) for b in range(2)]
+    assert certified_dice(binary, truth, 2).item() == pytest.approx(
+        min(certified_dice(f, truth, 2).item() for f in fills)
+    )
+    # an image without lesion scores 0 once a voxel abstains, 1 when everything is certified background
+    empty = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert certified_dice(torch.tensor([[[0, ABSTAIN], [0, 0]]]), empty, 2).item() == 0.0
+    assert certified_dice(empty, empty, 2).item() == 1.0
     assert cert.certified_accuracy(y, [0.0])[0, 0].item() == pytest.approx(4 / 6)
     assert cert.certified_fraction([0.0])[0, 0].item() == pytest.approx(4 / 6)
     # the label as (N, 1, *spatial) and as one-hot give the same

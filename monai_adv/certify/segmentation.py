@@ -37,11 +37,16 @@ def _check_correction(correction: Any) -> str:
 def certified_dice(
     label_map: torch.Tensor, y: torch.Tensor, num_classes: int, include_background: bool = False
 ) -> torch.Tensor:
-    """Per-image Dice (N,) float64 of a label map with ``ABSTAIN`` voxels against the index map ``y``.
+    """Per-image certified Dice (N,) float64 of a label map with ``ABSTAIN`` voxels against the index map ``y``.
 
-    An abstained voxel belongs to no class: it is a miss of its true class (it lowers that class's Dice) and a
-    false positive of none. The Dice of each class ``c`` is ``2 |P_c & G_c| / (|P_c| + |G_c|)``; classes absent from
-    both prediction and label are left out of the mean, and an image with no class present scores 1.
+    A lower bound on the Dice of any prediction that agrees with ``label_map`` on its certified voxels: each
+    abstained voxel counts against every class, as the worst case of what it could become - a miss of its true
+    class and a false positive of each other class. For class ``c`` with ``P_c`` = voxels certified as c plus
+    abstained voxels whose true class is not c, and ``G_c`` = voxels of class c, the Dice is
+    ``2 |P_c & G_c| / (|P_c| + |G_c|)``, the smallest any completion of the abstained voxels gives; classes absent
+    from both are left out of the mean, and an image with no class present scores 1. Without abstained voxels it
+    is the ordinary hard Dice. An image without lesion thus scores 0 as soon as one voxel abstains: abstaining
+    never raises the certified Dice.
 
     Args:
         label_map: int64 (N, *spatial), classes or ``ABSTAIN``.
@@ -50,10 +55,12 @@ def certified_dice(
         include_background: average over class 0 too.
     """
     pred, labels = label_map.flatten(1), y.flatten(1)
+    abstained = pred == ABSTAIN
     total = torch.zeros(pred.shape[0], dtype=torch.float64)
     count = torch.zeros_like(total)
     for c in range(0 if include_background else 1, num_classes):
-        p, g = pred == c, labels == c
+        g = labels == c
+        p = (pred == c) | (abstained & ~g)
         denom = (p.sum(dim=1) + g.sum(dim=1)).double()
         present = denom > 0
         total += torch.where(present, 2 * (p & g).sum(dim=1).double() / denom.clamp_min(1), 0.0)
@@ -128,7 +135,7 @@ class SegmentationCertificate:
     def certified_dice(
         self, y: Any, radii: Any, include_background: bool = False, correction: Optional[str] = None
     ) -> torch.Tensor:
-        """float64 (N, len(radii)): each image's Dice of ``label_map(r)`` against ``y``, abstained voxels counted wrong.
+        """float64 (N, len(radii)): each image's certified Dice at each radius, abstained voxels counted wrong.
 
         See :func:`certified_dice` for how abstained voxels count.
 

@@ -120,7 +120,7 @@ def certification_markdown(report: Mapping[str, Any]) -> str:
         lines.append(
             f"- multiple-testing correction over each image's voxels: {report['correction']}; Dice over the "
             f"{'classes including' if report.get('include_background') else 'foreground classes, without'} "
-            "the background; abstained voxels count as misses"
+            "the background; abstained voxels count against every class (a lower bound)"
         )
     lines.append(f"- {report['seconds']:.1f} s")
     for note in report.get("notes") or []:

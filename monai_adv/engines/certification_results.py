@@ -76,8 +76,8 @@ class CertificationResults:
     Classification rows: index, label, prediction (``ABSTAIN`` = -1), radius (0 where abstained), p_lower, count,
     abstained, correct. Multi-label rows hold one prediction, radius, p_lower and count per label, and radius_min.
     Segmentation rows: index, voxels, and per radius of ``radii`` the certified fraction of the image's voxels, the
-    certified Dice (abstained voxels count as misses) and the certified voxel accuracy; plus smoothed_dice, the Dice
-    of the selected classes without abstention.
+    certified Dice (a lower bound: abstained voxels count against every class) and the certified voxel accuracy;
+    plus smoothed_dice, the Dice of the selected classes without abstention.
 
     Args:
         task: "classification", "multilabel" or "segmentation".

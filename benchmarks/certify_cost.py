@@ -40,10 +40,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from benchmarks.doc_sections import replace_section
 from benchmarks.machine import processor
 from monai_adv.apps.sources import load_bundle
 from monai_adv.attacks import InfererModel
-from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
+from monai_adv.benchmark.io import write_json_atomic
 from monai_adv.certify import RandomizedSmoothing
 from monai_adv.data import BrainLesionDataset
 
@@ -200,15 +201,7 @@ def markdown(payload: Dict[str, Any]) -> str:
 
 def write_section(doc: Path, section: str) -> None:
     """Replace this script's section of ``doc`` (from its heading to the next ``## `` heading), or append it."""
-    text = doc.read_text() if doc.exists() else ""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-        text = text if text.endswith("\n") else text + "\n"
-    write_text_atomic(doc, text)
+    replace_section(doc, SECTION, section)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

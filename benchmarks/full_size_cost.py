@@ -53,10 +53,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from benchmarks.doc_sections import replace_section
 from benchmarks.full_size_networks import build_setup, network_names
 from benchmarks.machine import processor
 from monai_adv.attacks import eval_view, make_attack
-from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
+from monai_adv.benchmark.io import write_json_atomic
 
 ATTACKS = ("FGSM", "PGD-20", "APGD-CE", "AutoAttack standard", "Square-5000")
 QUICK_NETWORKS = ("resnet18-1ch", "efficientnet_b0-3ch", "unet3d")
@@ -359,15 +360,7 @@ def markdown(payload: Dict[str, Any]) -> str:
 
 def write_section(doc: Path, section: str) -> None:
     """Replace this script's section of ``doc`` (from its heading to the next ``## `` heading), or append it."""
-    text = doc.read_text() if doc.exists() else ""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-        text = text if text.endswith("\n") else text + "\n"
-    write_text_atomic(doc, text)
+    replace_section(doc, SECTION, section)
 
 
 def _load() -> Optional[float]:

@@ -60,6 +60,16 @@ def test_certify_the_classification_bundle(tmp_path, capsys):
         validate_certification_report({**report, "schema_version": "2.0"})
 
 
+def test_certify_from_inside_the_bundle_folder_names_it(tmp_path, monkeypatch):
+    """The bundle README's command: ``--bundle .`` from the bundle folder; the report names the folder."""
+    monkeypatch.chdir(CLASSIFICATION)
+    out = tmp_path / "cert"
+    args = ["certify", "--bundle", ".", "--n0", "5", "--n", "20", "--samples", "2", "--out", str(out)]
+    assert main(args + ["--no-progress", "--device", "cpu"]) == 0
+    report = json.loads((out / "certification.json").read_text())
+    assert report["model"]["name"] == CLASSIFICATION.name
+
+
 def test_certify_the_segmentation_bundle(tmp_path):
     out = tmp_path / "cert"
     args = ["certify", "--bundle", str(SEGMENTATION), "--n0", "5", "--n", "30", "--samples", "1"]

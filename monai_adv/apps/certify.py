@@ -87,7 +87,7 @@ def _model(
                 parts[key] = parser.get_parsed_content(key) if key in parser else None
             except Exception:
                 parts[key] = None
-        return model, Path(bundle).name, parts["inferer"], parts["preprocessing"]
+        return model, Path(bundle).resolve().name, parts["inferer"], parts["preprocessing"]
     if checkpoint is not None and network is not None:
         return load_network(network, checkpoint), Path(checkpoint).stem, None, None
     raise CommandError("give --bundle DIR, or --checkpoint FILE with --network SPEC")

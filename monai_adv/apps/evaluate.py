@@ -102,7 +102,7 @@ def _evaluate_run(
                 preprocessing = parser.get_parsed_content("preprocessing")
             except Exception:
                 preprocessing = None
-        name = Path(bundle).name
+        name = Path(bundle).resolve().name  # "--bundle ." names the folder
     elif checkpoint is not None and network is not None:
         model, name = load_network(network, checkpoint), Path(checkpoint).stem
     else:

@@ -9,12 +9,21 @@
 Pure PyTorch: nothing here imports MONAI or ignite.
 """
 
-from monai_adv.attacks import losses
+from monai_adv.attacks import diagnostics, losses
 from monai_adv.attacks.active import ActiveSet, BestIterate
+from monai_adv.attacks.adaptive import BPDA, EoT, ExpectationOverTransformation, adaptive_model
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.autoattack import AutoAttack
 from monai_adv.attacks.base import Attack, AttackResult, AttackState, QueryAttack
 from monai_adv.attacks.cw import CW
+from monai_adv.attacks.diagnostics import (
+    autoattack_notes,
+    evaluation_notes,
+    full_range_notes,
+    gradient_masking_notes,
+    monotonicity_notes,
+    unbounded_attack_check,
+)
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
 from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
@@ -65,8 +74,11 @@ __all__ = [
     "AttackResult",
     "AttackState",
     "AutoAttack",
+    "BPDA",
     "BestIterate",
     "CW",
+    "EoT",
+    "ExpectationOverTransformation",
     "FAB",
     "FGSM",
     "InfererModel",
@@ -77,19 +89,27 @@ __all__ = [
     "SimBA",
     "Square",
     "TransferAttack",
+    "adaptive_model",
     "attack_arguments",
     "attack_class",
     "attack_defaults",
+    "autoattack_notes",
     "available_attacks",
+    "diagnostics",
     "eval_view",
+    "evaluation_notes",
+    "full_range_notes",
+    "gradient_masking_notes",
     "losses",
     "make_attack",
     "model_dtype",
     "model_state_guard",
+    "monotonicity_notes",
     "predict",
     "register_attack",
     "sanity_checks",
     "sanity_flags",
     "sanity_notes",
     "score_examples",
+    "unbounded_attack_check",
 ]

@@ -16,15 +16,20 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from monai_adv.attacks.tasks import as_two_logits
+from monai_adv.attacks.tasks import as_two_logits, predict
 
 __all__ = [
+    "balanced_cross_entropy",
+    "jensen_shannon",
     "kl_divergence",
+    "masked_cross_entropy",
+    "masked_spherical",
     "cross_entropy",
     "cw_margin",
     "dlr",
@@ -206,3 +211,129 @@ def kl_divergence(logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Ten
     log_p = F.log_softmax(as_two_logits(logits), dim=1)
     clean = F.softmax(as_two_logits(clean_logits).to(log_p.dtype), dim=1)
     return _sample_sum(F.kl_div(log_p, clean, reduction="none"), 1)
+
+
+# ---- the losses of the segmentation attack ensemble (Croce, Singh & Hein, ECCV 2024) ----------------------------
+# Each takes segmentation logits (N, K, *spatial), K == 1 read as the two logits [0, z], and an index map
+# (N, *spatial): the labels, or the targets when ``targeted``. Voxel values are averaged over the voxels (inside
+# ``mask``), accumulated in float64 per sample.
+
+
+def _still_to_flip(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Per voxel (float 0/1, no gradient), the voxels an attack still has to change: those predicted as their label
+    (untargeted), or those not yet predicted as their target (``targeted``)."""
+    hit = predict("segmentation", logits.detach()) == labels
+    return (~hit if targeted else hit).to(logits.dtype)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None, targeted: bool = False
+) -> torch.Tensor:
+    """Per-sample masked cross-entropy ``mean_v 1[pred_v = y_v] CE(u_v, y_v)`` of segmentation logits.
+
+    Only the voxels still classified correctly count (a misclassified voxel adds 0, but still counts in the mean's
+    denominator), so the attack spends its steps on the voxels it has not flipped yet instead of pushing flipped
+    ones further, whose cross-entropy grows without bound. With ``targeted``, ``labels`` are the targets and the
+    voxels not yet predicted as their target count: ``mean_v 1[pred_v != t_v] CE(u_v, t_v)``.
+
+    Args:
+        logits: (N, K, *spatial) logits; K == 1 is the single foreground logit z, read as [0, z].
+        labels: (N, *spatial) class indices (the targets when ``targeted``).
+        mask: optional (N, *spatial) voxels to average over (the loss mask).
+        targeted: whether ``labels`` are target classes.
+    """
+    voxel = F.cross_entropy(as_two_logits(logits), labels, reduction="none")
+    return _masked_voxel_mean(_still_to_flip(logits, labels, targeted) * voxel, mask)
+
+
+def balanced_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    masked: bool = True,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """Per-sample class-balanced (masked) cross-entropy of segmentation logits.
+
+    Each voxel's cross-entropy is weighted by the inverse frequency of its class in the sample's label map:
+    ``sum_v CE(u_v, y_v) / (C * n_{y_v})`` with ``n_c`` the voxels of class c and C the number of classes present
+    (inside ``mask``). Every class present weighs the same, however few voxels it has: a small lesion counts as
+    much as the background around it. With ``masked`` (the default, as the balanced loss of the ensemble), the
+    voxels already misclassified add 0 (see :func:`masked_cross_entropy`); their class frequencies still count all
+    the class's voxels.
+
+    Args:
+        logits: (N, K, *spatial) logits; K == 1 is the single foreground logit z, read as [0, z].
+        labels: (N, *spatial) class indices (the targets when ``targeted``); the weights come from their frequencies.
+        mask: optional (N, *spatial) voxels to count (the loss mask).
+        masked: count only the voxels still to flip.
+        targeted: whether ``labels`` are target classes (masked: the voxels not yet at their target count).
+    """
+    voxel = F.cross_entropy(as_two_logits(logits), labels, reduction="none")
+    if masked:
+        voxel = _still_to_flip(logits, labels, targeted) * voxel
+    dims = tuple(range(1, labels.ndim))
+    region = None if mask is None else mask.reshape(labels.shape).to(voxel.dtype)
+    total = torch.zeros(labels.shape[0], dtype=voxel.dtype, device=voxel.device)
+    present = torch.zeros_like(total)
+    for c in range(max(logits.shape[1], 2)):
+        in_class = (labels == c).to(voxel.dtype)
+        if region is not None:
+            in_class = in_class * region
+        count = _sample_sum(in_class, dims)
+        class_mean = _sample_sum(in_class * voxel, dims) / count.clamp_min(1.0)
+        total = total + torch.where(count > 0, class_mean, torch.zeros_like(class_mean))
+        present = present + (count > 0).to(total.dtype)
+    return total / present.clamp_min(1.0)
+
+
+def jensen_shannon(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample voxel-mean Jensen-Shannon divergence between the softmax prediction and the one-hot label map.
+
+    With ``p`` the predicted probability of the voxel's label and ``m = (p + onehot) / 2``, the divergence
+    ``JS = (KL(p || m) + KL(onehot || m)) / 2`` (natural log) depends on ``p`` alone:
+    ``JS = ln 2 + (p ln p - (1 + p) ln(1 + p)) / 2``, from 0 (``p = 1``) to ln 2 (``p = 0``). It is bounded, so
+    a voxel already flipped with confidence adds at most ln 2 and its gradient fades, while the voxels still near
+    their label carry the attack.
+
+    Args:
+        logits: (N, K, *spatial) logits; K == 1 is the single foreground logit z, read as [0, z].
+        labels: (N, *spatial) class indices.
+        mask: optional (N, *spatial) voxels to average over (the loss mask).
+    """
+    log_p = F.log_softmax(as_two_logits(logits), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    p = log_p.exp()
+    voxel = math.log(2.0) + 0.5 * (p * log_p - (1.0 + p) * torch.log1p(p))
+    return _masked_voxel_mean(voxel, mask)
+
+
+def masked_spherical(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    floor: float = 1.0,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """Per-sample masked spherical loss ``mean_v -1[pred_v = y_v] u_{v,y} / ||u_v||`` of segmentation logits.
+
+    The logit vector ``u_v`` of each voxel is projected onto the unit sphere and the loss is minus its coordinate on
+    the voxel's label, on the voxels still classified correctly (the others add 0): the attack lowers the label's
+    share of the logit direction, with a gradient that does not vanish as the softmax saturates. The norm is
+    ``||u_v|| = sqrt(sum_k u_{v,k}^2 + floor^2)``: for logits much larger than ``floor`` it is the plain L2 norm
+    of the definition, it is defined at ``u = 0``, and it keeps the loss from being piecewise constant for a single
+    logit (the two logits [0, z] projected without a floor are (0, +-1)). With ``targeted``, ``labels`` are the
+    targets and the loss is ``mean_v -1[pred_v != t_v] u_{v,t} / ||u_v||`` over the voxels not yet at their target.
+
+    Args:
+        logits: (N, K, *spatial) logits; K == 1 is the single foreground logit z, read as [0, z].
+        labels: (N, *spatial) class indices (the targets when ``targeted``).
+        mask: optional (N, *spatial) voxels to average over (the loss mask).
+        floor: the constant added (squared) under the norm's square root (>= 0).
+        targeted: whether ``labels`` are target classes.
+    """
+    if floor < 0:
+        raise ValueError(f"`floor` of the masked spherical loss must be >= 0, got {floor}.")
+    two = as_two_logits(logits)
+    norm = (two.square().sum(dim=1) + floor**2).clamp_min(1e-24).sqrt()
+    coordinate = two.gather(1, labels.unsqueeze(1)).squeeze(1) / norm
+    return _masked_voxel_mean(-_still_to_flip(logits, labels, targeted) * coordinate, mask)

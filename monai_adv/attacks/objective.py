@@ -15,8 +15,9 @@ the keywords of ``context`` it names in its signature (all of them if it takes `
 - ``kappa``: the attack's confidence cap;
 - ``task``: "classification", "multilabel" or "segmentation".
 
-The named losses ("ce", "cw", "dlr", "dice", "kl") are such functions, one per task; a user's callable is used the
-same way. Subclass :class:`Objective` to change the success criterion as well.
+The named losses ("ce", "cw", "dlr", "dice", "kl"; for segmentation also "masked_ce", "balanced_ce", "js" and
+"masked_spherical", the losses of :class:`~monai_adv.attacks.SegmentationEnsemble`) are such functions, one per task;
+a user's callable is used the same way. Subclass :class:`Objective` to change the success criterion as well.
 """
 
 from __future__ import annotations
@@ -86,6 +87,27 @@ def _kl(logits, y, clean_logits):
     return L.kl_divergence(logits, clean_logits)
 
 
+def _masked_ce(logits, y, target=None, mask=None):
+    goal = y if target is None else target
+    return _descend_to_target(L.masked_cross_entropy(logits, goal, mask, targeted=target is not None), target)
+
+
+def _balanced_ce(logits, y, target=None, mask=None, masked: bool = True):
+    goal = y if target is None else target
+    value = L.balanced_cross_entropy(logits, goal, mask, masked=masked, targeted=target is not None)
+    return _descend_to_target(value, target)
+
+
+def _js(logits, y, target=None, mask=None):
+    return _descend_to_target(L.jensen_shannon(logits, y if target is None else target, mask), target)
+
+
+def _masked_spherical(logits, y, target=None, mask=None, floor: float = 1.0):
+    goal = y if target is None else target
+    value = L.masked_spherical(logits, goal, mask, floor=floor, targeted=target is not None)
+    return _descend_to_target(value, target)
+
+
 #: the named losses: name -> {task: loss function}
 NAMED_LOSSES: Dict[str, Dict[str, LossFunction]] = {
     "ce": {"classification": _ce_classification, "multilabel": _ce_multilabel, "segmentation": _ce_segmentation},
@@ -93,6 +115,11 @@ NAMED_LOSSES: Dict[str, Dict[str, LossFunction]] = {
     "dlr": {"classification": _dlr},
     "dice": {"segmentation": _dice},
     "kl": {"classification": _kl},
+    # the segmentation attack ensemble's losses (monai_adv.attacks.SegmentationEnsemble)
+    "masked_ce": {"segmentation": _masked_ce},
+    "balanced_ce": {"segmentation": _balanced_ce},
+    "js": {"segmentation": _js},
+    "masked_spherical": {"segmentation": _masked_spherical},
 }
 TASK_LOSSES = {task: tuple(name for name, per_task in NAMED_LOSSES.items() if task in per_task) for task in TASKS}
 LOSS_ALIASES = {"cross_entropy": "ce", "bce": "ce", "margin": "cw", "cw_margin": "cw", "dice_loss": "dice"}

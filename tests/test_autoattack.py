@@ -98,7 +98,7 @@ def test_bad_arguments(trained_bars):
     with pytest.raises(ValueError, match='`attacks` is only for version="custom"'):
         AutoAttack(model, attacks=["pgd"])
     with pytest.raises(ValueError, match="`version` must be one of"):
-        AutoAttack(model, version="fast")
+        AutoAttack(model, version="faster")
 
 
 def test_sanity_checks_flag_what_makes_a_number_untrustworthy(trained_bars):

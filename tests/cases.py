@@ -69,12 +69,13 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 def problems(
     draw,
     dtype: torch.dtype = torch.float32,
-    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack", "transfer"),
+    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack", "transfer", "sea"),
 ) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
-    # APGD-T and FAB-T are defined for classification only
-    task = draw(st.sampled_from(TASKS if attack not in ("apgd_t", "fab_t") else ("classification", "binary")))
+    # APGD-T and FAB-T are defined for classification only, the segmentation ensemble for segmentation only
+    only = {"apgd_t": TASKS[:2], "fab_t": TASKS[:2], "sea": ("segmentation", "segmentation_binary")}
+    task = draw(st.sampled_from(only.get(attack, TASKS)))
     norm = draw(st.sampled_from(["Linf", "L2"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
     value_range = draw(st.sampled_from([(0.0, 1.0), (-1.0, 1.0), None]))
@@ -106,6 +107,9 @@ def problems(
     if attack == "autoattack":  # the composites: small settings of their parts
         kwargs.update(version="standard", steps=draw(st.integers(1, 3)))
         kwargs.update(queries=draw(st.integers(2, 10)), target_classes=draw(st.integers(1, 3)), check=False)
+        return Problem(model, x, y, mask, attack, kwargs, value_range)
+    if attack == "sea":  # small settings: every loss, a few steps over the radius schedule
+        kwargs.update(steps=draw(st.integers(1, 4)), restarts=draw(st.integers(1, 2)))
         return Problem(model, x, y, mask, attack, kwargs, value_range)
     if attack == "transfer":
         surrogate, _ = build_model(task, dims, channels)  # another network of the same shape, a real transfer

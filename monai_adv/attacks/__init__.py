@@ -26,6 +26,7 @@ from monai_adv.attacks.diagnostics import (
 )
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
+from monai_adv.attacks.fmn import FMN
 from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
 from monai_adv.attacks.objective import NAMED_LOSSES, Objective
 from monai_adv.attacks.pgd import PGD
@@ -39,6 +40,7 @@ from monai_adv.attacks.registry import (
 )
 from monai_adv.attacks.sanity import SANITY_FLAGS, sanity_checks, sanity_flags, sanity_notes
 from monai_adv.attacks.scoring import score_examples
+from monai_adv.attacks.sea import SegmentationEnsemble
 from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 from monai_adv.attacks.tasks import predict
@@ -55,12 +57,14 @@ _BUILT_IN = (
     ("apgd_dlr", APGD, {"loss": "dlr"}),
     ("apgd_t", APGDT, {}),
     ("fab_t", FAB, {}),
+    ("fmn", FMN, {}),
     ("square", Square, {}),
     ("simba", SimBA, {}),
     ("simba_dct", SimBA, {"basis": "dct"}),
     ("simba_pixel", SimBA, {"basis": "pixel"}),
     ("autoattack", AutoAttack, {}),
     ("transfer", TransferAttack, {}),
+    ("sea", SegmentationEnsemble, {}),
 )
 for _name, _cls, _preset in _BUILT_IN:
     register_attack(_name, _cls, **_preset)
@@ -81,11 +85,13 @@ __all__ = [
     "ExpectationOverTransformation",
     "FAB",
     "FGSM",
+    "FMN",
     "InfererModel",
     "NAMED_LOSSES",
     "Objective",
     "PGD",
     "QueryAttack",
+    "SegmentationEnsemble",
     "SimBA",
     "Square",
     "TransferAttack",

@@ -275,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="demo",
         help="demo[:task], demo3d[:task], medmnist:FILE.npz, csv:MANIFEST.csv or nifti:FOLDER (images/, labels/)",
     )
-    evaluate.add_argument("--attacks", default="fgsm,pgd-20,cw-30,autoattack", help="comma-separated suite")
+    evaluate.add_argument(
+        "--attacks",
+        default="fgsm,pgd-20,cw-30,autoattack",
+        help="comma-separated suite: presets (fgsm, pgd-20, cw-30, autoattack, autoattack-fast, square-5000, "
+        "simba-dct) or registered attacks (`monai-adv attacks`)",
+    )
     evaluate.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
     evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
     evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")

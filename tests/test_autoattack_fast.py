@@ -118,3 +118,13 @@ def test_fast_version_on_binary_models(classes):
     result = AutoAttack(model, version="fast", eps=8 / 255, steps=3, queries=20, check=False).perturb(x, y)
     assert result.success.shape == (5,)
     assert "Targeted DLR needs 4 classes" in " ".join(result.details["notes"])
+
+
+def test_fast_is_a_named_attack_of_the_evaluator_suites(trained_bars4):
+    from monai_adv.engines import build_attack, parse_attack_specs
+
+    (spec,) = parse_attack_specs(["autoattack-fast"])
+    attack = build_attack(spec, trained_bars4[0], eps=4 / 255)
+    assert isinstance(attack, AutoAttack) and attack.version == "fast"
+    mapping = parse_attack_specs([{"attack": "autoattack", "name": "aa-fast", "version": "fast", "queries": 200}])
+    assert build_attack(mapping[0], trained_bars4[0], eps=4 / 255).queries == 200

@@ -8,6 +8,7 @@
 
 from monai_adv.engines.attack_suite import (
     FULL_SURVEY_ATTACKS,
+    NAMED_ATTACKS,
     SURVEY_ATTACKS,
     AttackSpec,
     build_attack,
@@ -37,6 +38,7 @@ __all__ = [
     "CertificationResults",
     "CellAccumulator",
     "FULL_SURVEY_ATTACKS",
+    "NAMED_ATTACKS",
     "QueryCounter",
     "REPORT_SCHEMA",
     "REPORT_SCHEMA_VERSION",

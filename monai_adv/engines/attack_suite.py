@@ -19,6 +19,7 @@ __all__ = [
     "AttackSpec",
     "SURVEY_ATTACKS",
     "FULL_SURVEY_ATTACKS",
+    "NAMED_ATTACKS",
     "parse_attack_specs",
     "build_attack",
     "eps_label",
@@ -55,10 +56,13 @@ FULL_SURVEY_ATTACKS = SURVEY_ATTACKS + (
     AttackSpec("simba-dct", "simba_dct"),
 )
 
+#: further named attacks: AutoAttack's cheaper version (same strength, see docs/performance.md)
+NAMED_ATTACKS = FULL_SURVEY_ATTACKS + (AttackSpec("autoattack-fast", "autoattack", {"version": "fast"}),)
+
 
 def parse_attack_specs(attacks: Sequence[Union[str, Mapping[str, Any], AttackSpec]]) -> List[AttackSpec]:
     """Normalize a suite: each item is an :class:`AttackSpec`, a name ("pgd", "autoattack", or a label of
-    :data:`FULL_SURVEY_ATTACKS` such as "pgd-20"), or a mapping ``{"attack": "pgd", "name": "pgd-50",
+    :data:`NAMED_ATTACKS` such as "pgd-20" or "autoattack-fast"), or a mapping ``{"attack": "pgd", "name": "pgd-50",
     "steps": 50, ...}`` (``name`` defaults to ``attack``), the form bundle configs use.
 
     Raises:
@@ -66,7 +70,7 @@ def parse_attack_specs(attacks: Sequence[Union[str, Mapping[str, Any], AttackSpe
     """
     if isinstance(attacks, (str, Mapping, AttackSpec)) or not isinstance(attacks, Sequence) or not attacks:
         raise ValueError(f"`attacks` must be a non-empty list of attack names or specifications, got {attacks!r}.")
-    presets = {spec.name: spec for spec in FULL_SURVEY_ATTACKS}
+    presets = {spec.name: spec for spec in NAMED_ATTACKS}
     known = set(available_attacks())
     specs: List[AttackSpec] = []
     for item in attacks:

@@ -214,7 +214,7 @@ def gradient_masking_notes(
         total = int(only.numel() if eligible is None else eligible.sum())
         count = int(only.sum())
         if count and count > tolerance * total:
-            found.append(f"{count} of {total} at {label(eps)}")
+            found.append(f"{count} of {total} eligible sample(s) at {label(eps)}")
             for name in broken[eps]:
                 kind = attack_kind((attacks or {}).get(name, name), gradient_free)
                 if kind == "gradient-free":
@@ -225,8 +225,8 @@ def gradient_masking_notes(
         return []
     return [
         f"Gradient masking suspected: the gradient-free attack(s) {', '.join(sorted(free_names))} broke samples that "
-        f"no gradient attack ({', '.join(sorted(gradient_names))}) broke at the same budget: {'; '.join(found)} "
-        f"eligible sample(s). {_MASKING_ADVICE}"
+        f"no gradient attack ({', '.join(sorted(gradient_names))}) broke at the same budget: {'; '.join(found)}. "
+        f"{_MASKING_ADVICE}"
     ]
 
 
@@ -270,7 +270,7 @@ def monotonicity_notes(
         found.append(
             f"{what} rises with the budget (by more than {tolerance:g}) for {'; '.join(rising)}. A larger budget "
             "contains every perturbation of a smaller one, so the attack missed examples it found at the smaller "
-            "budget: it is unreliable here (too few steps or restarts, gradient masking, or a randomized model)."
+            "budget: it is unreliable here (too few steps or restarts, gradient masking, or randomness in the model)."
         )
     if flat:
         found.append(

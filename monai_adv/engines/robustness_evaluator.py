@@ -557,6 +557,18 @@ class RobustnessEvaluator(SupervisedEvaluator):
         if self.check:
             flags = self.results.clean.rows()
             self.notes = sanity_notes({k[len("check/") :]: v for k, v in flags.items() if k.startswith("check/")})
+            from monai_adv.attacks.diagnostics import evaluation_notes, sample_voxels  # false-robustness checks
+
+            self.notes += evaluation_notes(
+                {key: cell.rows() for key, cell in self.results.cells.items()},
+                {spec.name: spec.attack for spec in self.specs},
+                self.norm,
+                self.value_range,
+                self.results.task,
+                sample_voxels(getattr(self.state, "output", None)),
+                masked=self.mask_key is not None,
+                eps_label=lambda e: eps_label(e, self.value_range),
+            )
             for note in self.notes:
                 warnings.warn(note, UserWarning, stacklevel=2)
         self.state.metrics.update(self.results.flat_metrics(self.value_range))

@@ -28,19 +28,20 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from benchmarks.doc_sections import replace_section
 from monai_adv.attacks import APGD, APGDT, FAB, PGD, AutoAttack, Square
-from monai_adv.benchmark.io import write_json_atomic
+from monai_adv.benchmark.io import save_state_dict_atomic, write_json_atomic
 from monai_adv.benchmark.networks import small_classifier
 from tests.models import TinyClassifier
 
 DOC = Path("docs/performance.md")
 HEADING = "## AutoAttack: ours against the original, sample by sample"
+CACHE = Path("benchmarks/results/cache")
 
 
 def orientation_dataset(n: int, size: int = 20, classes: int = 10, seed: int = 0):
@@ -78,12 +79,15 @@ def train(model: nn.Module, x, y, epochs: int, eps: float = 0.0, seed: int = 0) 
     return model.eval()
 
 
-def build_models(tiny: bool) -> Dict[str, Tuple[nn.Module, float]]:
+def build_models(tiny: bool, cache: Optional[Path] = CACHE) -> Dict[str, Tuple[nn.Module, float]]:
     """The four models, each with the L-inf budget it is evaluated at: 1/255 for the natural ones, 4/255 for the
     ones trained with PGD-AT at 8/255 (budgets at which their robust accuracy is neither 0 nor near the clean one,
-    where the two implementations can differ)."""
+    where the two implementations can differ). Trained weights are kept in ``cache`` (a full run only) and reused
+    by the next run of this benchmark or of ``benchmarks.autoattack_fast``."""
     x, y = orientation_dataset(512 if tiny else 3000, seed=0)
-    epochs = 1 if tiny else 10
+    epochs = 1 if tiny else 8
+    stored = cache / "orientation_models.pt" if cache is not None and not tiny else None
+    weights = torch.load(stored) if stored is not None and stored.exists() else {}
     models = {}
     for name, factory, train_eps, eval_eps in (
         ("cnn, natural", lambda: TinyClassifier(2, 1, 10, width=16), 0.0, 1 / 255),
@@ -92,7 +96,16 @@ def build_models(tiny: bool) -> Dict[str, Tuple[nn.Module, float]]:
         ("resnet, PGD-AT", lambda: small_classifier(1, 10), 8 / 255, 4 / 255),
     ):
         torch.manual_seed(0)
-        models[name] = (train(factory(), x, y, epochs, train_eps), eval_eps)
+        model = factory()
+        if name in weights:
+            model.load_state_dict(weights[name])
+            model.eval()
+        else:
+            model = train(model, x, y, epochs, train_eps)
+            weights[name] = model.state_dict()
+            if stored is not None:
+                save_state_dict_atomic(stored, weights)
+        models[name] = (model, eval_eps)
     return models
 
 

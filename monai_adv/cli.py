@@ -132,6 +132,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=device,
         progress=not args.no_progress,
+        min_norm=args.min_norm,
     )
     return 0
 
@@ -282,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
         "simba-dct) or registered attacks (`monai-adv attacks`)",
     )
     evaluate.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
+    evaluate.add_argument(
+        "--min-norm",
+        metavar="ATTACK",
+        help="a minimum-norm attack (fmn) run once: the robust accuracy against eps on a fine grid (classification)",
+    )
     evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
     evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")
     evaluate.add_argument("--task", default="auto", choices=TASK_CHOICES)

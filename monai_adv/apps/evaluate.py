@@ -24,11 +24,11 @@ from monai_adv.apps.sources import (
     load_network,
 )
 from monai_adv.benchmark.progress import attach_progress
-from monai_adv.benchmark.report import markdown_table, write_reports
+from monai_adv.benchmark.report import curve_table, markdown_table, write_reports
 from monai_adv.devices import resolve_device
 from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
-from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
+from monai_adv.visualize import plot_adversarial_examples, plot_min_norm_curve, plot_robustness_curves
 
 __all__ = ["run_evaluate", "PROGRESS_FOLDER"]
 
@@ -55,6 +55,7 @@ def run_evaluate(
     progress: bool = True,
     log=print,
     device: Optional[str] = None,
+    min_norm: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``.
 
@@ -62,7 +63,9 @@ def run_evaluate(
     with several processes, each rank evaluates its shard of the data on its device (``cuda`` becomes
     ``cuda:<LOCAL_RANK>``; NCCL on GPUs, gloo on CPU) and rank 0 writes the report, equal to the single-process one.
     The per-sample outcomes are written to ``out/progress`` batch by batch: rerunning the same command resumes a
-    killed run (a different command into the same ``out`` is refused); delete ``out/progress`` to start anew."""
+    killed run (a different command into the same ``out`` is refused); delete ``out/progress`` to start anew.
+    With ``min_norm`` (a minimum-norm attack such as "fmn"; classification) the report gains the robust-accuracy
+    curve against eps from one run of it (``robustness_curve_min_norm.png``)."""
     arguments = dict(locals())
     check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
     check_count(batch_size, "--batch-size")
@@ -91,6 +94,7 @@ def _evaluate_run(
     seed: int,
     progress: bool,
     log,
+    min_norm: Optional[str],
 ) -> Dict[str, Any]:
     """The evaluation of this process (of this rank under torchrun); rank 0 writes the report folder."""
     device = run.device
@@ -138,6 +142,7 @@ def _evaluate_run(
             keep_examples=8,
             progress_dir=Path(out) / PROGRESS_FOLDER,
             run_settings={"data": data, "samples": len(dataset)},
+            min_norm_attack=min_norm,
         )
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e
@@ -149,6 +154,8 @@ def _evaluate_run(
         return {"report": report, "paths": {}, "table": ""}
     paths = write_reports({name: report}, out)
     paths["curves"] = plot_robustness_curves({name: report}, Path(out) / "robustness_curves.png")
+    if "curve" in report:
+        paths["min_norm_curve"] = plot_min_norm_curve(report, Path(out) / "robustness_curve_min_norm.png")
     ex = evaluator.state.examples
     if report["task"] == "segmentation":
         labels = ex["label"] if ex["label"].ndim == ex["image"].ndim else ex["label"][:, None]
@@ -165,7 +172,7 @@ def _evaluate_run(
             clean_predictions=ex["clean_pred"],
             adversarial_predictions=ex["adversarial_pred"],
         )
-    table = markdown_table({name: report})
+    table = markdown_table({name: report}) + (f"\n{curve_table(report)}" if "curve" in report else "")
     log(table)
     log(f"report in {out}/")
     return {"report": report, "paths": paths, "table": table}

@@ -22,6 +22,7 @@ __all__ = [
     "validate_report",
     "as_report_map",
     "csv_table",
+    "curve_table",
     "markdown_table",
     "write_reports",
 ]
@@ -104,6 +105,24 @@ def markdown_table(reports: Reports, metric: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curve_table(report: Mapping[str, Any]) -> str:
+    """The report's ``curve`` as Markdown: robust accuracy at each budget of the grid from the minimum-norm run,
+    alone and combined with the suite (empty when the report has no curve)."""
+    curve = report.get("curve")
+    if not curve:
+        return ""
+    lines = [
+        f"robust accuracy against eps from one {curve['attack']} run ({report['norm']}; median smallest adversarial "
+        f"norm {_cell(curve['median_min_norm'])}, {curve['not_found']} attackable sample(s) never broken)",
+        "",
+        "| eps | " + curve["attack"] + " | combined with " + ", ".join(curve["fixed_attacks"]) + " |",
+        "|---|---|---|",
+    ]
+    for label, alone, combined in zip(curve["eps_labels"], curve["robust_accuracy"], curve["combined_robust_accuracy"]):
+        lines.append(f"| {label} | {alone:.3f} | {combined:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_table(reports: Reports) -> str:
     """Long-format CSV: one line per method, attack, budget and metric (clean rows have attack "clean", eps 0)."""
     buffer = io.StringIO()
@@ -149,7 +168,8 @@ def write_reports(reports: Reports, folder: Union[str, Path]) -> Dict[str, Path]
     for method, report in table.items():
         paths[f"json:{method}"] = write_json_atomic(folder / f"{_file_name(method)}.json", report)
     paths["csv"] = write_text_atomic(folder / "robustness.csv", csv_table(table))
-    paths["markdown"] = write_text_atomic(folder / "robustness.md", markdown_table(table))
+    curves = "".join(f"\n{curve_table(report)}" for report in table.values())
+    paths["markdown"] = write_text_atomic(folder / "robustness.md", markdown_table(table) + curves)
     return paths
 
 

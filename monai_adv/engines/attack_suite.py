@@ -109,7 +109,11 @@ def build_attack(
 ):
     """Build the attack of ``spec`` on ``model`` at budget ``eps``; the suite's norm, value range, task and seed
     apply unless ``spec.kwargs`` sets them. Returns an object with ``perturb(x, y, mask=...)``."""
-    kwargs = {"norm": norm, "value_range": value_range, "task": task, "seed": seed, **spec.kwargs}
+    # the suite's settings, for the attacks that take them (classification-only attacks such as FMN or APGD-T set
+    # their task themselves); the specification's own arguments are passed as given
+    accepted = attack_arguments(spec.attack)
+    suite = {"norm": norm, "value_range": value_range, "task": task, "seed": seed}
+    kwargs = {**{k: v for k, v in suite.items() if k in accepted}, **spec.kwargs}
     if kwargs.get("alpha") == "survey":
         kwargs["alpha"] = survey_step(eps) if eps > 0 else None
     if early_stop is not None and "early_stop" not in spec.kwargs and "early_stop" in attack_arguments(spec.attack):

@@ -25,6 +25,7 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 from monai_adv.attacks import (
     AttackResult,
     InfererModel,
+    attack_class,
     attack_defaults,
     model_dtype,
     model_state_guard,
@@ -43,6 +44,7 @@ from monai_adv.engines.attack_suite import (
 )
 from monai_adv.engines.evaluation_progress import CellRows, EvaluationProgress, model_fingerprint
 from monai_adv.engines.robust_trainer import NetworkCall
+from monai_adv.engines.robustness_curve import curve_grid, robustness_curve
 from monai_adv.engines.robustness_results import RobustnessResults, derived_success
 from monai_adv.metrics import (
     SampleOutcome,
@@ -183,6 +185,13 @@ class RobustnessEvaluator(SupervisedEvaluator):
             specification sets its own ``max_batch``), the scoring passes and the sanity checks process a larger
             batch in consecutive chunks of at most ``max_batch`` samples, so an evaluation batch of 3D volumes does
             not need all of them in memory at once. The results equal the unchunked run's.
+        min_norm_attack: a minimum-norm attack (e.g. "fmn", or ``{"attack": "fmn", "steps": 200}``) run once per
+            batch, classification only: it finds each sample's smallest adversarial perturbation in ``norm``, and
+            the report's ``curve`` gives the robust accuracy at every budget of a fine grid (``curve_points`` from
+            0 to twice the largest budget, and the budgets of ``eps``) from that one run, alone and combined with
+            the suite's per-sample outcomes (a sample counts as robust at a budget only if no attack broke it
+            within it). See :func:`~monai_adv.engines.robustness_curve.robustness_curve`.
+        curve_points: the evenly spaced budgets of the curve.
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -217,6 +226,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         progress_dir: Optional[Union[str, Path]] = None,
         run_settings: Optional[Mapping[str, Any]] = None,
         max_batch: Optional[int] = None,
+        min_norm_attack: Optional[Union[str, Mapping[str, Any], AttackSpec]] = None,
+        curve_points: int = 41,
     ) -> None:
         self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
@@ -237,6 +248,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"`max_batch` must be None or an integer >= 1, got {max_batch!r}.")
         self.max_batch = max_batch
+        self.min_norm_spec = None if min_norm_attack is None else _min_norm_spec(min_norm_attack)
+        if isinstance(curve_points, bool) or not isinstance(curve_points, int) or curve_points < 2:
+            raise ValueError(f"`curve_points` must be an integer >= 2, got {curve_points!r}.")
+        self.curve_points = curve_points
         super().__init__(
             device=torch.device(device) if isinstance(device, str) else device,
             val_data_loader=val_data_loader,
@@ -296,6 +311,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             "seg_success_ratio": self.seg_success_ratio,
             "check": self.check,
             "additional_metrics": {k: type(v).__name__ for k, v in self.additional_metrics.items()},
+            "min_norm_attack": None if self.min_norm_spec is None else _spec_settings(self.min_norm_spec),
             "network": model_fingerprint(self.network),
             "surrogate": model_fingerprint(self.surrogate),
             **self.run_settings,
@@ -356,6 +372,13 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 self._attacks[(spec.name, eps)] = build_attack(
                     spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
                 )
+        if self.min_norm_spec is not None:
+            spec = self.min_norm_spec
+            if self.max_batch is not None and "max_batch" not in spec.kwargs:
+                spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "max_batch": self.max_batch})
+            # the search does not depend on the budget; the largest one is where its own success is reported
+            top = max(self.eps_values)
+            self._min_norm = build_attack(spec, self.query_counter, top, self.norm, self.value_range, task, self.seed)
 
     def _attack_success(self, attack: Any, result: AttackResult, task: str) -> Optional[torch.Tensor]:
         """The attack's own per-sample success, when it reports one that means what the report means by it."""
@@ -452,8 +475,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
         results = engine.results
         labels = prepare_labels(results.task, torch.as_tensor(targets).to(clean_logits.device), clean_logits, "label")
         clean = sample_outcome(results.task, clean_logits, labels)
-        checks = engine._sanity_flags(inputs, targets, results.task) if engine.check else None
-        clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index, extra=checks)
+        extra = engine._sanity_flags(inputs, targets, results.task) if engine.check else {}
+        if engine.min_norm_spec is not None:
+            extra.update(engine._min_norm_rows(inputs, targets, mask, results.task))
+        clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index, extra=extra)
         batch_cells: List[CellRows] = [[None, None, clean_rows]]
         output = {"image": inputs, "label": targets, "pred": clean_logits}
         for eps in engine.eps_values:
@@ -498,6 +523,24 @@ class RobustnessEvaluator(SupervisedEvaluator):
 
     def _rank(self) -> int:
         return dist.get_rank() if self._distributed() else 0
+
+    def _min_norm_rows(self, inputs: torch.Tensor, targets: Any, mask: Optional[torch.Tensor], task: str):
+        """Run the minimum-norm attack on the batch: per-sample smallest adversarial norm, time and queries."""
+        if task != "classification":
+            raise ValueError(
+                f"`min_norm_attack` ({self.min_norm_spec.name!r}) draws the curve of classification models; this "
+                f"evaluation's task is {task!r}."
+            )
+        n = int(inputs.shape[0])
+        self.query_counter.count = 0
+        start = time.perf_counter()
+        result = self._min_norm.perturb(inputs, targets, mask=mask)
+        seconds = time.perf_counter() - start
+        return {
+            "min_norm": result.details["min_norm"].detach().double().cpu(),
+            "min_norm_seconds": torch.full((n,), seconds / max(n, 1), dtype=torch.float64),
+            "min_norm_queries": torch.full((n,), self.query_counter.count / max(n, 1), dtype=torch.float64),
+        }
 
     @staticmethod
     def _worst_case(adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]]):
@@ -589,6 +632,15 @@ class RobustnessEvaluator(SupervisedEvaluator):
         """
         if self.results is None:
             raise RuntimeError("RobustnessEvaluator.report() needs a finished run(): call run() first.")
+        if self.min_norm_spec is not None and "curve" not in info:
+            same_norm = [s.name for s in self.specs if s.kwargs.get("norm", self.norm) == self.norm]
+            info["curve"] = robustness_curve(
+                self.results,
+                self.min_norm_spec.name,
+                curve_grid(self.eps_values, self.curve_points),
+                same_norm,
+                lambda e: eps_label(e, self.value_range),
+            )
         return self.results.report(
             norm=self.norm,
             value_range=self.value_range,
@@ -597,3 +649,18 @@ class RobustnessEvaluator(SupervisedEvaluator):
             eps_label=lambda e: eps_label(e, self.value_range),
             **{"notes": list(self.notes), **info},
         )
+
+
+def _min_norm_spec(attack: Union[str, Mapping[str, Any], AttackSpec]) -> AttackSpec:
+    """The specification of a minimum-norm attack, checked: it must report per-sample minimal norms."""
+    (spec,) = parse_attack_specs([attack])
+    if "min_norm" not in attack_class(spec.attack).per_sample_details:
+        raise ValueError(
+            f"`min_norm_attack` must be an attack that reports each sample's smallest adversarial norm "
+            f'(result.details["min_norm"]), e.g. "fmn"; got {spec.attack!r}.'
+        )
+    return spec
+
+
+def _spec_settings(spec: AttackSpec) -> Dict[str, Any]:
+    return {"name": spec.name, "attack": spec.attack, "kwargs": dict(spec.kwargs)}

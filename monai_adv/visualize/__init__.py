@@ -10,7 +10,7 @@ as PNGs."""
 from __future__ import annotations
 
 from monai_adv.visualize.certification import plot_certified_curves
-from monai_adv.visualize.curves import plot_robustness_curves
+from monai_adv.visualize.curves import plot_min_norm_curve, plot_robustness_curves
 from monai_adv.visualize.examples import plot_adversarial_examples
 from monai_adv.visualize.figures import new_figure, save_figure
 from monai_adv.visualize.gradcam import default_target_layer, gradcam_maps, plot_gradcam
@@ -26,6 +26,7 @@ __all__ = [
     "plot_adversarial_examples",
     "plot_certified_curves",
     "plot_gradcam",
+    "plot_min_norm_curve",
     "plot_robustness_curves",
     "save_figure",
     "show_image",

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 
 from monai_adv.visualize.figures import PathLike, new_figure, save_figure
 
-__all__ = ["plot_robustness_curves"]
+__all__ = ["plot_min_norm_curve", "plot_robustness_curves"]
 
 WORST_CASE = "worst-case"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -164,4 +164,48 @@ def plot_robustness_curves(
         ax.set_title(attack)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6))
     fig.suptitle(title if title is not None else f"robust {metric} under attack")
+    return save_figure(fig, path)
+
+
+def plot_min_norm_curve(report: Mapping[str, Any], path: PathLike, title: Optional[str] = None) -> Path:
+    """Plot the report's ``curve`` (robust accuracy against eps from one minimum-norm run, alone and combined with
+    the suite) next to the robust accuracy of every fixed-budget attack at its budgets, and write it as a PNG.
+
+    Args:
+        report: a robustness report with a ``curve`` (see ``RobustnessEvaluator(min_norm_attack=...)``).
+        path: the PNG file to write (replaced atomically; missing folders are created).
+        title: figure title; a default naming the model when omitted.
+
+    Raises:
+        ValueError: when the report has no curve.
+    """
+    curve = report.get("curve") if isinstance(report, Mapping) else None
+    if not curve:
+        raise ValueError("The report has no `curve`: evaluate with RobustnessEvaluator(min_norm_attack='fmn').")
+    fig = new_figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    ax.plot(curve["eps"], curve["robust_accuracy"], "-", color="C0", label=f"{curve['attack']} (one run)")
+    ax.plot(curve["eps"], curve["combined_robust_accuracy"], "--", color="k", label="combined with the suite")
+    attacks: List[str] = []
+    for row in report.get("results", []):
+        if row["attack"] not in attacks:
+            attacks.append(row["attack"])
+    for index, attack in enumerate(attacks):
+        rows = [r for r in report["results"] if r["attack"] == attack]
+        values = [r["metrics"].get("accuracy") for r in rows]
+        points = [(r["eps"], v) for r, v in zip(rows, values) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, _MARKERS[index % len(_MARKERS)], color=f"C{index + 1}", label=attack, markersize=7)
+    budgets = sorted({r["eps"] for r in report.get("results", [])})
+    labels = dict(zip(curve["eps"], curve["eps_labels"]))
+    ax.set_xticks(budgets, [labels.get(e, f"{e:g}") for e in budgets])
+    ax.set_xlim(0, max(curve["eps"]))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"eps ({report.get('norm', '')})")
+    ax.set_ylabel("robust accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    model = report.get("model", {}).get("name") if isinstance(report.get("model"), Mapping) else None
+    ax.set_title(title if title is not None else f"{model + ': ' if model else ''}robust accuracy against eps")
     return save_figure(fig, path)

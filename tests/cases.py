@@ -69,12 +69,12 @@ def make_labels(task: str, n: int, k: int, spatial: Tuple[int, ...], g: torch.Ge
 def problems(
     draw,
     dtype: torch.dtype = torch.float32,
-    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack", "transfer", "sea"),
+    attacks=("fgsm", "pgd", "cw", "apgd", "apgd_t", "fab_t", "square", "simba", "autoattack", "transfer", "sea", "fmn"),
 ) -> Problem:
     dims = draw(st.integers(1, 3))
     attack = draw(st.sampled_from(attacks))
-    # APGD-T and FAB-T are defined for classification only, the segmentation ensemble for segmentation only
-    only = {"apgd_t": TASKS[:2], "fab_t": TASKS[:2], "sea": ("segmentation", "segmentation_binary")}
+    # APGD-T, FAB-T and FMN are defined for classification only, the segmentation ensemble for segmentation only
+    only = {"apgd_t": TASKS[:2], "fab_t": TASKS[:2], "fmn": TASKS[:2], "sea": ("segmentation", "segmentation_binary")}
     task = draw(st.sampled_from(only.get(attack, TASKS)))
     norm = draw(st.sampled_from(["Linf", "L2"]))
     eps = draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5)))
@@ -117,7 +117,7 @@ def problems(
         kwargs.update(surrogate=surrogate.to(dtype).eval(), source=source, loss=draw(st.sampled_from(LOSSES[task])))
         kwargs["source_kwargs"] = {"steps": draw(st.integers(1, 3))} if source == "pgd" else {}
         return Problem(model, x, y, mask, attack, kwargs, value_range)
-    if attack not in ("cw", "fab_t"):
+    if attack not in ("cw", "fab_t", "fmn"):
         kwargs["loss"] = draw(st.sampled_from(LOSSES[task]))
     if attack == "simba":
         kwargs["basis"] = draw(st.sampled_from(["dct", "pixel"]))
@@ -130,6 +130,10 @@ def problems(
         kwargs["restarts"] = draw(st.integers(1, 2))
         kwargs["target_classes"] = draw(st.integers(1, 3))
         kwargs["early_stop"] = draw(st.booleans())
+    elif attack == "fmn":
+        kwargs["steps"] = draw(st.integers(1, 8))
+        kwargs["early_stop"] = draw(st.booleans())
+        kwargs["targeted"] = draw(st.sampled_from([False, "least_likely", "random"]))
     elif attack != "fgsm":
         kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))
         kwargs["early_stop"] = draw(st.booleans())

@@ -24,15 +24,15 @@ import argparse
 import platform
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from benchmarks.autoattack_parity import build_models, orientation_dataset
+from benchmarks.autoattack_parity import CACHE, build_models, orientation_dataset
 from benchmarks.doc_sections import replace_section
 from monai_adv.attacks import AutoAttack
-from monai_adv.benchmark.io import write_json_atomic
+from monai_adv.benchmark.io import save_state_dict_atomic, write_json_atomic
 from monai_adv.benchmark.networks import small_classifier
 from monai_adv.benchmark.training import train_with_defense
 from monai_adv.data import BrainLesionDataset
@@ -41,18 +41,31 @@ DOC = Path("docs/performance.md")
 HEADING = "## AutoAttack fast against standard"
 
 
-def demo_models(tiny: bool) -> Tuple[Dict[str, Tuple[nn.Module, float]], torch.Tensor, torch.Tensor]:
-    """The demo task's natural and PGD-AT classifiers (binary lesion, 32x32), with their budgets, and test images."""
+def demo_models(
+    tiny: bool, cache: Optional[Path] = CACHE
+) -> Tuple[Dict[str, Tuple[nn.Module, float]], torch.Tensor, torch.Tensor]:
+    """The demo task's natural and PGD-AT classifiers (binary lesion, 32x32), with their budgets, and test images.
+    Trained weights are kept in ``cache`` (a full run only) for the next run and for ``benchmarks.min_norm_curve``."""
     train = BrainLesionDataset("train", task="classification", num_samples=64 if tiny else 600, image_size=32)
     test = BrainLesionDataset("test", task="classification", num_samples=16 if tiny else 200, image_size=32)
     x = torch.stack([item["image"].as_tensor() for item in test])
     y = torch.as_tensor([int(item["label"]) for item in test])
     epochs = 1 if tiny else 8
+    stored = cache / "demo_models.pt" if cache is not None and not tiny else None
+    weights = torch.load(stored) if stored is not None and stored.exists() else {}
     models = {}
     for name, method, eps in (("demo lesion, natural", "nat", 2 / 255), ("demo lesion, PGD-AT", "pgd_at", 8 / 255)):
         torch.manual_seed(0)
         network = small_classifier(1, 2)
-        models[name] = (train_with_defense(network, method, train, eps=8 / 255, epochs=epochs, device=x.device), eps)
+        if name in weights:
+            network.load_state_dict(weights[name])
+            network.eval()
+        else:
+            network = train_with_defense(network, method, train, eps=8 / 255, epochs=epochs, device=x.device)
+            weights[name] = network.state_dict()
+            if stored is not None:
+                save_state_dict_atomic(stored, weights)
+        models[name] = (network, eps)
     return models, x, y
 
 

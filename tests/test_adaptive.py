@@ -199,7 +199,7 @@ def test_quantized_input_masks_gradients_and_bpda_recovers_the_attack(bars):
 # ---- (b) saturated logits ------------------------------------------------------------------------------------------
 def test_saturated_logits_are_flagged_and_a_margin_loss_recovers_the_attack(bars):
     """Logits x 1e4: the float32 softmax is exactly one-hot, the cross-entropy gradient exactly zero. At eps 16/255,
-    PGD-10 robust accuracy: cross-entropy 1.00; CW margin 0.11; cross-entropy crafted on the logits scaled back
+    PGD-10 robust accuracy: cross-entropy 1.00; CW margin 0.12; cross-entropy crafted on the logits scaled back
     (x 1e-4) 0.11; the unscaled network under cross-entropy 0.11."""
     net, x, y = bars
     saturated = Scaled(net, 1e4).eval()

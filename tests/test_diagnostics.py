@@ -98,9 +98,12 @@ def test_robust_accuracy_against_the_budget():
     (rising,) = monotonicity_notes({"pgd": {1 / 255: 0.5, 2 / 255: 0.3, 4 / 255: 0.35}, "fgsm": {1 / 255: 0.5}})
     assert "rises with the budget" in rising and "pgd: 0.300 at 0.00784314 -> 0.350 at 0.0156863" in rising
     assert monotonicity_notes({"pgd": {1: 0.5, 2: 0.3, 4: 0.305}}) == []  # within the 0.01 tolerance
-    (flat,) = monotonicity_notes({"pgd": {4 / 255: 0.9, 8 / 255: 0.895}, "worst-case": {4 / 255: 0.9, 8 / 255: 0.5}})
-    assert "does not fall" in flat and "pgd: 0.900" in flat and "worst-case" not in flat
-    assert monotonicity_notes({"pgd": {4 / 255: 0.9, 6 / 255: 0.9}}) == []  # 1.5x: too narrow to tell
+    plateau = {"pgd": {4 / 255: 0.6, 8 / 255: 0.595}, "worst-case": {4 / 255: 0.6, 8 / 255: 0.5}}
+    (flat,) = monotonicity_notes(plateau, clean=0.9)
+    assert "does not fall" in flat and "pgd: 0.600" in flat and "worst-case" not in flat
+    assert monotonicity_notes(plateau, clean=0.605) == []  # nothing broken at the smallest budget: too small to tell
+    assert monotonicity_notes(plateau) != []  # without the clean accuracy: flat is flat
+    assert monotonicity_notes({"pgd": {4 / 255: 0.6, 6 / 255: 0.6}}) == []  # 1.5x: too narrow to tell
     assert monotonicity_notes({"pgd": {4 / 255: 0.0, 16 / 255: 0.0}}) == []  # flat at zero is fine
 
 
@@ -215,3 +218,30 @@ def test_evaluator_notes_flag_a_masked_model_and_not_the_trained_one(bars):
     assert any("Gradient masking suspected" in n and "square-100" in n and "(pgd)" in n for n in notes)
     assert any("whole value range" in n and "pgd" in n for n in notes)
     assert reports["network"]["notes"] == []
+
+
+class PartlyMasked(nn.Module):
+    """The network's logits, with their gradient cut for the samples it predicts as horizontal bars (class 0)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        cut = (logits.argmax(dim=1) == 0).reshape(-1, 1)
+        return torch.where(cut, logits.detach(), logits)
+
+
+def test_evaluator_notes_a_robust_accuracy_plateau(bars):
+    """Gradients cut for the samples predicted as class 0 (10 of 32): PGD-10 breaks every other sample at 24/255
+    and nothing more at 64/255: robust accuracy 0.31 at both budgets, the share of class 0."""
+    net, x, y = bars
+    evaluator = RobustnessEvaluator(x.device, _loader(x, y), PartlyMasked(net).eval(), ["pgd"], [24 / 255, 64 / 255])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluator.run()
+    report = evaluator.report()
+    print([(r["eps_label"], r["metrics"]["accuracy"]) for r in report["results"]])
+    assert any("exactly zero for 10 sample(s)" in n for n in report["notes"])
+    assert any("does not fall as the budget grows" in n and "pgd: 0.312 at 24/255" in n for n in report["notes"])

@@ -233,6 +233,7 @@ def gradient_masking_notes(
 # ---- robust accuracy against the budget ----------------------------------------------------------------------------
 def monotonicity_notes(
     robust: Mapping[str, Mapping[float, float]],
+    clean: Optional[float] = None,
     tolerance: float = MONOTONICITY_TOLERANCE,
     min_ratio: float = FLAT_MIN_RATIO,
     what: str = "Robust accuracy",
@@ -244,10 +245,15 @@ def monotonicity_notes(
     budget exceeds the one at the next smaller budget by more than ``tolerance`` (a larger ball contains every
     perturbation of a smaller one, so a sound attack cannot do worse); "flat" when there are at least two budgets,
     the largest at least ``min_ratio`` times the smallest, the robust accuracy at the largest budget is above
-    ``tolerance`` and has fallen by at most ``tolerance`` from the smallest budget's.
+    ``tolerance`` and has fallen by at most ``tolerance`` from the smallest budget's, and, when ``clean`` is given,
+    the attack already broke samples at the smallest budget (its robust accuracy is more than ``tolerance`` below
+    ``clean``): the attack works at small budgets but a much larger one breaks nothing more. Without that condition
+    a model truly robust at budgets too small to matter (nothing broken anywhere) would be flagged; a model whose
+    every gradient is masked (nothing broken anywhere either) is caught by the other checks.
 
     Args:
         robust: ``{attack label: {eps: robust accuracy in [0, 1]}}``.
+        clean: the clean accuracy (on the same scale: the fraction of eligible samples), or None.
         tolerance: absolute change of robust accuracy (default :data:`MONOTONICITY_TOLERANCE`, one point).
         min_ratio: the flat check's smallest ratio of the largest budget to the smallest
             (default :data:`FLAT_MIN_RATIO`).
@@ -263,7 +269,8 @@ def monotonicity_notes(
             if v1 > v0 + tolerance:
                 rising.append(f"{name}: {v0:.3f} at {label(e0)} -> {v1:.3f} at {label(e1)}")
         spans = len(budgets) >= 2 and budgets[0] > 0 and budgets[-1] >= min_ratio * budgets[0]
-        if spans and values[-1] > tolerance and values[-1] >= values[0] - tolerance:
+        broke = clean is None or values[0] < clean - tolerance
+        if spans and broke and values[-1] > tolerance and values[-1] >= values[0] - tolerance:
             flat.append(f"{name}: {values[0]:.3f} at {label(budgets[0])}, {values[-1]:.3f} at {label(budgets[-1])}")
     found = []
     if rising:
@@ -275,9 +282,9 @@ def monotonicity_notes(
     if flat:
         found.append(
             f"{what} does not fall as the budget grows (by at most {tolerance:g} over a budget {min_ratio:g}x or "
-            f"more larger) for {'; '.join(flat)}. Unless the model is truly robust over this whole range, the "
-            "attack is not working (gradient masking): compare with a gradient-free attack (square), craft through "
-            "BPDA / EoT, and run an unbounded attack (monai_adv.attacks.unbounded_attack_check)."
+            f"more larger) for {'; '.join(flat)}. Unless the samples left are truly robust over this whole range, "
+            "the attack is not working on them (gradient masking): compare with a gradient-free attack (square), "
+            "craft through BPDA / EoT, and run an unbounded attack (monai_adv.attacks.unbounded_attack_check)."
         )
     return found
 
@@ -366,9 +373,9 @@ def evaluation_notes(
     """The false-robustness warnings of an evaluation, from its per-sample rows.
 
     Runs :func:`gradient_masking_notes` (per budget, the gradient-free attacks against the gradient attacks),
-    :func:`monotonicity_notes` (each attack and the worst case across budgets, on the fraction of samples neither
-    broken nor ineligible: the robust accuracy for classification) and, for classification and multi-label
-    without a perturbation mask, :func:`full_range_notes`.
+    :func:`monotonicity_notes` (each attack and the worst case across budgets, on the fraction of samples eligible
+    and not broken: the robust accuracy for classification; the fraction of eligible samples stands for the clean
+    accuracy) and, for classification and multi-label without a perturbation mask, :func:`full_range_notes`.
 
     Args:
         cells: ``{(attack label, eps): rows}`` with the per-sample rows "index", "eligible" and "broken" of each
@@ -405,7 +412,8 @@ def evaluation_notes(
         survivors.setdefault(eps, {})[name] = int((ok & ~flags).sum())
     notes = gradient_masking_notes(broken, eligible, attacks, gradient_free, eps_label=eps_label)
     what = "Robust accuracy" if task != "segmentation" else "The fraction of samples not broken"
-    notes += monotonicity_notes(robust, what=what, eps_label=eps_label)
+    clean = float(eligible.sum()) / max(int(eligible.numel()), 1)
+    notes += monotonicity_notes(robust, clean, what=what, eps_label=eps_label)
     if task != "segmentation" and not masked:
         notes += full_range_notes(survivors, int(eligible.sum()), norm, value_range, num_voxels, eps_label)
     return notes

@@ -17,6 +17,7 @@ import torch
 
 from monai_adv.attacks.apgd import APGD, APGDT
 from monai_adv.attacks.base import Attack, AttackState
+from monai_adv.attacks.diagnostics import autoattack_notes
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.registry import attack_arguments, make_attack
 from monai_adv.attacks.sanity import sanity_checks
@@ -242,11 +243,13 @@ class AutoAttack(Attack):
                 f"{len(unconfirmed)} sample(s) an attack reported broken are classified correctly on the returned "
                 "examples (a randomized model?): they count as robust here."
             )
+        attacks = [name for name, _ in chain]
+        notes += [note for note in autoattack_notes(broken_by, attacks) if note not in notes]
         return state.result(
             x_adv,
             success,
             loss,
-            attacks=[name for name, _ in chain],
+            attacks=attacks,
             broken_by=broken_by,
             broken_counts=broken_counts,
             seconds=seconds,

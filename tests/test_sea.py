@@ -173,8 +173,11 @@ def test_each_stage_starts_from_the_previous_stage_lowest_dice_point(segmenter, 
     evaluated = []  # (stage radius, first evaluation of the run?, idx, point, dice, loss)
     original = sea_module._StageAPGD._evaluate
 
+    seen = set()
+
     def spy(self, objective, x_adv, idx):
-        first = self.start is not None
+        first = id(self) not in seen  # the run's first evaluation: its start point
+        seen.add(id(self))
         loss, success, grad = original(self, objective, x_adv, idx)
         evaluated.append((self.eps, first, idx.clone(), x_adv.detach().clone(), objective.last_dice.clone(), loss))
         return loss, success, grad

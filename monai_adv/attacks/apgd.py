@@ -114,12 +114,19 @@ class APGD(IterativeAttack):
             success = objective.success(logits.detach(), idx)
         return total_loss / self.eot_iter, success, total_grad / self.eot_iter
 
+    def _start(
+        self, state: AttackState, idx: torch.Tensor, stream: int, x0: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The point a run on the samples ``idx`` starts from: a random point on the surface of the eps-ball (the
+        sample's own stream ``stream``), inside the value range. Subclasses may start elsewhere (e.g. a warm start)."""
+        start = boundary_start(x0, self.eps, self.norm, mask, self.generators(state, idx, stream))
+        return clip_to_range(x0 + start, self.value_range)
+
     def _run(self, state: AttackState, objective: Objective, idx: torch.Tensor, stream: int, best: BestIterate):
         """One APGD run on the samples ``idx``, offering every iterate to ``best``."""
         x0 = state.x[idx]
         mask = None if state.mask is None else state.mask[idx]
-        start = boundary_start(x0, self.eps, self.norm, mask, self.generators(state, idx, stream))
-        x_adv = clip_to_range(x0 + start, self.value_range)
+        x_adv = self._start(state, idx, stream, x0, mask)
         loss, success, grad = self._evaluate(objective, x_adv, idx)
         best.update(idx, x_adv, loss, success)
 

@@ -105,8 +105,8 @@ class _StageAPGD(APGD):
     """APGD for one stage of the schedule: its run starts from given points (the previous stage's, projected) instead
     of a random point on the sphere, and offers every iterate it evaluates, with its Dice, to a :class:`_LowestDice`.
 
-    The start is set where APGD evaluates its start point (the run's first evaluation): the start tensor is
-    overwritten in place before it is evaluated, so the run proceeds from it exactly as from its own start.
+    The first run starts from ``start`` when given (the rows of the samples it attacks), later ones from APGD's own
+    random start.
     """
 
     def __init__(
@@ -115,11 +115,13 @@ class _StageAPGD(APGD):
         super().__init__(model, rho=rho, **kwargs)
         self.start, self.record, self.passes = start, record, 0
 
+    def _start(self, state, idx: torch.Tensor, stream: int, x0: torch.Tensor, mask: Optional[torch.Tensor]):
+        start, self.start = self.start, None  # the first run only; later restarts draw their own start
+        if start is None:
+            return super()._start(state, idx, stream, x0, mask)
+        return start.index_select(0, idx).to(x0.dtype)
+
     def _evaluate(self, objective: Objective, x_adv: torch.Tensor, idx: torch.Tensor):
-        if self.start is not None:
-            with torch.no_grad():
-                x_adv.copy_(self.start.index_select(0, idx).to(x_adv.dtype))
-            self.start = None
         loss, success, grad = super()._evaluate(objective, x_adv, idx)
         self.record.update(idx, x_adv, objective.last_dice, loss)
         self.passes += idx.numel() * self.eot_iter

@@ -134,6 +134,7 @@ def problems(
         kwargs["steps"] = draw(st.integers(1, 8))
         kwargs["early_stop"] = draw(st.booleans())
         kwargs["targeted"] = draw(st.sampled_from([False, "least_likely", "random"]))
+        kwargs["target_classes"] = draw(st.integers(1, 3)) if kwargs["targeted"] is False else 1
     elif attack != "fgsm":
         kwargs["steps"] = draw(st.integers(1, 3) if attack in ("pgd", "cw") else st.integers(1, 12))
         kwargs["early_stop"] = draw(st.booleans())

@@ -56,6 +56,7 @@ from benchmarks.full_size_networks import (
 from monai_adv.attacks import (
     InfererModel,
     attack_arguments,
+    attack_class,
     available_attacks,
     eval_view,
     make_attack,
@@ -64,7 +65,11 @@ from monai_adv.attacks import (
 from monai_adv.benchmark.io import write_json_atomic
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
-NOT_FOR_SEGMENTATION = ("apgd_t", "fab_t", "apgd_dlr")  # targeted attacks on class logits; DLR needs classes
+# attacks on class logits only (targeted ones, FMN), and DLR, which needs classes; attacks on label maps only
+NOT_FOR_SEGMENTATION = tuple(n for n in available_attacks() if "segmentation" not in attack_class(n).tasks) + (
+    "apgd_dlr",
+)
+NOT_FOR_CLASSIFICATION = tuple(n for n in available_attacks() if "classification" not in attack_class(n).tasks)
 
 
 def _sync(device: torch.device) -> None:
@@ -250,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for name in attacks:
             for precision in args.precisions:
                 row: Dict[str, Any]
-                if setup.segmentation and name in NOT_FOR_SEGMENTATION:
+                if name in (NOT_FOR_SEGMENTATION if setup.segmentation else NOT_FOR_CLASSIFICATION):
                     continue
                 if time.perf_counter() - start > args.max_minutes * 60:
                     row = {"network": network, "attack": name, "precision": precision, "skipped": "time limit"}

@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from monai_adv.attacks import CW, FGSM, PGD, AutoAttack, available_attacks, make_attack
+from monai_adv.attacks import CW, FGSM, PGD, AutoAttack, attack_class, available_attacks, make_attack
 from monai_adv.attacks.registry import attack_arguments
 from monai_adv.transforms import RandAdversarialPerturb
 from tests.models import TinyClassifier, TinySegmenter
@@ -157,7 +157,7 @@ def test_logits_that_cannot_be_scored_are_an_error(call, error, pattern):
         call()
 
 
-@pytest.mark.parametrize("name", available_attacks())
+@pytest.mark.parametrize("name", [n for n in available_attacks() if "classification" in attack_class(n).tasks])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_input_dtype_other_than_the_network_is_computed_in_the_network_dtype(name, dtype):
     """The rule: compute in the network's dtype, return the input's dtype, the budget exact in it."""

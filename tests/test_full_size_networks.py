@@ -52,7 +52,9 @@ SIZES = {"small": (64, 32, 16, 0.0), "full": (224, 96, 48, 0.0)}  # as benchmark
 SIZE_PARAMS = [pytest.param("small", id="small"), pytest.param("full", id="full", marks=pytest.mark.slow)]
 NETS_2D = [(arch, c) for arch in ARCHS_2D for c in (1, 3)]
 NETS_3D = list(ARCHS_3D)
-NOT_FOR_SEGMENTATION = {"apgd_t", "fab_t", "apgd_dlr"}  # targeted attacks on class logits; DLR needs classes
+# attacks on class logits only (targeted ones, FMN), and DLR, which needs classes
+NOT_FOR_SEGMENTATION = {n for n in available_attacks() if "segmentation" not in attack_class(n).tasks} | {"apgd_dlr"}
+NOT_FOR_CLASSIFICATION = {n for n in available_attacks() if "classification" not in attack_class(n).tasks}
 
 
 def _inferer(size: str) -> SlidingWindowInferer:
@@ -181,7 +183,9 @@ def _run_attack(case: Case, name: str) -> None:
 
 
 @pytest.mark.parametrize("size", SIZE_PARAMS)
-@pytest.mark.parametrize("name", _attack_params())
+@pytest.mark.parametrize(
+    "name", [p for p in _attack_params() if getattr(p, "values", [p])[0] not in NOT_FOR_CLASSIFICATION]
+)
 @pytest.mark.parametrize("arch,channels", NETS_2D, ids=[f"{a}-{c}ch" for a, c in NETS_2D])
 def test_every_attack_on_2d_classifiers(arch, channels, name, size):
     _run_attack(get_case((arch, channels, size)), name)

@@ -19,6 +19,7 @@ from monai_adv.attacks import (
     FGSM,
     PGD,
     Attack,
+    attack_class,
     attack_defaults,
     available_attacks,
     make_attack,
@@ -26,9 +27,10 @@ from monai_adv.attacks import (
     registry,
 )
 from monai_adv.cli import main
-from tests.models import TinyClassifier
+from tests.models import TinyClassifier, TinySegmenter
 
 MODEL = TinyClassifier(2, 1, 3).eval()
+SEGMENTER = TinySegmenter(2, 1, 2).eval()
 
 
 @pytest.mark.parametrize(
@@ -69,8 +71,10 @@ def test_attack_defaults_are_complete():
 def test_all_registered_attacks_run():
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     for name in available_attacks():
-        out = make_attack(name, MODEL, eps=4 / 255)(x, y)
-        assert out.shape == x.shape and isinstance(make_attack(name, MODEL), Attack)
+        tasks = attack_class(name).tasks
+        model, labels = (MODEL, y) if "classification" in tasks else (SEGMENTER, y[:, None, None, None].expand(2, 1, 8, 8))
+        out = make_attack(name, model, eps=4 / 255)(x, labels)
+        assert out.shape == x.shape and isinstance(make_attack(name, model), Attack)
 
 
 def test_cli_lists_attacks_and_defaults(capsys):

@@ -217,6 +217,7 @@ class APGDT(APGD):
 
     name = "apgd_t"
     fixed_arguments = ("task", "targeted", "seg_success_ratio")
+    tasks = ("classification",)
 
     def __init__(
         self,

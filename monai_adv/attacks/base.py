@@ -187,6 +187,8 @@ class Attack:
     counts_queries = False
     #: keys of ``result.details`` holding one entry per sample (joined by concatenation across ``max_batch`` chunks)
     per_sample_details: Tuple[str, ...] = ()
+    #: the tasks the attack is defined for (others are refused with a clear error)
+    tasks: Tuple[str, ...] = ("classification", "multilabel", "segmentation")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         fixed = sorted(set(kwargs) & set(cls.fixed_arguments))

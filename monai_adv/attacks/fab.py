@@ -90,6 +90,7 @@ class FAB(IterativeAttack):
     """
 
     name = "fab_t"
+    tasks = ("classification",)
     fixed_arguments = ("loss", "task", "kappa", "targeted", "seg_success_ratio", "loss_kwargs", "objective")
 
     def __init__(

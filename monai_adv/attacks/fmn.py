@@ -153,6 +153,7 @@ class FMN(IterativeAttack):
 
     name = "fmn"
     fixed_arguments = ("loss", "task", "kappa", "seg_success_ratio", "loss_kwargs", "objective", "restarts")
+    tasks = ("classification",)
     per_sample_details = ("min_norm",)
 
     def __init__(

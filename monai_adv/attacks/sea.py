@@ -189,6 +189,7 @@ class SegmentationEnsemble(IterativeAttack):
 
     name = "sea"
     fixed_arguments = ("loss", "targeted", "kappa", "early_stop", "loss_kwargs", "objective", "task")
+    tasks = ("segmentation",)
     per_sample_details = ("broken_by", "lowest_by")
 
     def __init__(

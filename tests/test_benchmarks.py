@@ -18,7 +18,9 @@ def test_autoattack_reference_benchmark_tiny(tmp_path):
     out = tmp_path / "aa.json"
     payload = main(["--tiny", "--out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["results"].keys() == payload["results"].keys() == {"monai_adv.AutoAttack", "torchattacks.AutoAttack"}
+    names = {"monai_adv.AutoAttack", "torchattacks.AutoAttack", "monai_adv.AutoAttack fast"}
+    assert saved["results"].keys() == payload["results"].keys() == names
+    assert 0 <= saved["fast_misses"] <= 16
     for row in saved["results"].values():
         assert 0.0 <= row["robust_accuracy"] <= 1.0 and row["seconds"] > 0
 
@@ -81,3 +83,30 @@ def test_regenerating_the_performance_page_keeps_the_sections_other_scripts_wrot
     assert "new table" in text and "old table" not in text
     assert text.endswith("## Full-size networks\n\ncost table\n")
     assert with_kept_sections(tmp_path / "none.md", "x\n") == "x\n"
+
+
+@pytest.mark.slow
+def test_autoattack_fast_and_parity_benchmarks_tiny(tmp_path):
+    from benchmarks import autoattack_fast, autoattack_parity
+
+    fast = autoattack_fast.main(["--tiny", "--out", str(tmp_path / "fast.json")])
+    assert len(fast["models"]) == 6
+    for row in fast["models"].values():
+        assert row["misses"] >= 0 and row["time_ratio"] > 0
+    assert "## AutoAttack fast against standard" in autoattack_fast.markdown(fast)
+    pytest.importorskip("pyautoattack")
+    parity = autoattack_parity.main(["--tiny", "--out", str(tmp_path / "parity.json")])
+    for row in parity["models"].values():
+        assert set(row["components"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+        assert row["per_sample"]["missed"] >= 0
+    assert "| model | L-inf eps |" in autoattack_parity.markdown(parity)
+
+
+@pytest.mark.slow
+def test_min_norm_curve_benchmark_tiny(tmp_path):
+    from benchmarks import min_norm_curve
+
+    payload = min_norm_curve.main(["--tiny", "--out", str(tmp_path / "curve.json")])
+    for report in payload["models"].values():
+        curve = report["curve"]
+        assert len(curve["eps"]) == len(curve["robust_accuracy"]) == len(curve["combined_robust_accuracy"])

@@ -117,7 +117,24 @@ def test_fast_version_on_binary_models(classes):
     x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 1, 0, 1])
     result = AutoAttack(model, version="fast", eps=8 / 255, steps=3, queries=20, check=False).perturb(x, y)
     assert result.success.shape == (5,)
-    assert "Targeted DLR needs 4 classes" in " ".join(result.details["notes"])
+    assert result.details["attacks"] == ["apgd-margin", "square"]
+    assert "APGD on the CW margin replaces APGD-CE and APGD-T" in " ".join(result.details["notes"])
+
+
+def test_fast_binary_margin_run_breaks_what_standard_apgd_ce_and_apgd_t_break(trained_bars):
+    """With two classes, the margin run of fast covers standard's APGD-CE and APGD-T (same margin, same start)."""
+    model3, x, y = trained_bars
+    keep = y < 2
+
+    def two(v):  # a binary classifier: the first two logits of the 3-class model
+        return model3(v)[:, :2]
+
+    x, y = x[keep][:48], y[keep][:48]
+    common = {"eps": 6 / 255, "steps": 20, "check": False, "seed": 4}
+    standard = AutoAttack(two, queries=10, **common).perturb(x, y)
+    fast = AutoAttack(two, version="fast", queries=10, **common).perturb(x, y)
+    gradient_broken = torch.tensor([b in ("apgd-ce", "apgd-t") for b in standard.details["broken_by"]])
+    assert bool((fast.success | ~gradient_broken).all())
 
 
 def test_fast_is_a_named_attack_of_the_evaluator_suites(trained_bars4):

@@ -72,7 +72,8 @@ def test_all_registered_attacks_run():
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     for name in available_attacks():
         tasks = attack_class(name).tasks
-        model, labels = (MODEL, y) if "classification" in tasks else (SEGMENTER, y[:, None, None, None].expand(2, 1, 8, 8))
+        label_maps = y[:, None, None, None].expand(2, 1, 8, 8)
+        model, labels = (MODEL, y) if "classification" in tasks else (SEGMENTER, label_maps)
         out = make_attack(name, model, eps=4 / 255)(x, labels)
         assert out.shape == x.shape and isinstance(make_attack(name, model), Attack)
 

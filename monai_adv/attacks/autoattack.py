@@ -40,10 +40,10 @@ class AutoAttack(Attack):
     Versions (classification):
         - "standard": APGD-CE, APGD-T (targeted DLR, 9 targets), FAB-T (9 targets), Square (5000 queries).
         - "fast": APGD-CE, APGD-T on the 3 targets closest by linearized distance (MALT's ranking, see
-          :class:`~monai_adv.attacks.APGDT`), Square (1000 queries) on the samples the gradient attacks leave. At
-          about a quarter of standard's cost on robust models; see docs/performance.md for how it compares with
-          "standard", sample by sample. For multi-label and segmentation tasks it runs the standard chain with
-          Square's smaller budget.
+          :class:`~monai_adv.attacks.APGDT`), Square (1000 queries) on the samples the gradient attacks leave; with
+          2 classes, APGD on the CW margin (which covers both APGD-CE and APGD-T there) and Square. See
+          docs/performance.md for how it compares with "standard", sample by sample, and what it costs. For
+          multi-label and segmentation tasks it runs the standard chain with Square's smaller budget.
         - "plus": APGD-CE and APGD-DLR with 5 restarts each, APGD-T, FAB-T with 5 restarts, Square; the
           untargeted FAB of the original "plus" is covered by FAB-T over the target classes.
         - "rand": APGD-CE and APGD-DLR with expectation over transformation (20 passes per step), for
@@ -174,6 +174,12 @@ class AutoAttack(Attack):
                 ("fab-t", FAB(self.model, restarts=5, **targeted)),
                 ("square", square),
             ], notes
+        if self.version == "fast" and classes < 3:
+            notes.append(
+                f"{classes} classes: APGD on the CW margin replaces APGD-CE and APGD-T (with one other class both "
+                "ascend the same margin, whose gradient does not vanish where the cross-entropy saturates)."
+            )
+            return [("apgd-margin", APGD(self.model, loss="cw", **apgd)), ("square", square)], notes
         if self.version == "fast":
             return [
                 ("apgd-ce", APGD(self.model, loss="ce", **apgd)),

@@ -123,7 +123,8 @@ def markdown(payload: Dict) -> str:
         HEADING,
         "",
         f'`python -m benchmarks.autoattack_fast`: `AutoAttack(version="fast")` (APGD-CE, APGD-T on the 3 targets '
-        f"closest by linearized distance, Square with {payload['queries'] // 5} queries) against "
+        f"closest by linearized distance, Square with {payload['queries'] // 5} queries; with 2 classes one APGD run "
+        "on the CW margin and Square) against "
         f'`version="standard"` (APGD-CE, APGD-T on 9 targets, FAB-T on 9 targets, Square with {payload["queries"]} '
         f"queries), {payload['images']} test images per model, {payload['steps']} APGD/FAB iterations, seed 0, on "
         f"{payload['machine']}. *Misses*: samples standard breaks and fast does not (the goal: at most 1 in 500); "

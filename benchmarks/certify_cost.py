@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from benchmarks.doc_sections import replace_section
-from benchmarks.machine import processor
+from benchmarks.machine import load_average, machine_with_device
 from monai_adv.apps.sources import load_bundle
 from monai_adv.attacks import InfererModel
 from monai_adv.benchmark.io import write_json_atomic
@@ -131,20 +130,6 @@ def measure_network(name: str, options: Dict[str, Any]) -> List[Dict[str, Any]]:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
-
-
-def machine(device: str) -> str:
-    text = f"{processor()}, {os.cpu_count()} CPU cores"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name()}"
-    return text
-
-
-def _load() -> Optional[float]:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _rate(value: float) -> str:
@@ -241,11 +226,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         }
         if args.tiny:
             options["batch_size"] = {"classification": 8, "segmentation": 2}
-        load_start, start = _load(), time.perf_counter()
+        load_start, start = load_average(), time.perf_counter()
         results = [row for name in args.networks for row in measure_network(name, options)]
         payload = {
             "command": "python -m benchmarks.certify_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine(device),
+            "machine": machine_with_device(device),
             "device": device,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -253,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "n0": options["n0"],
             "alpha": ALPHA,
             "sigma": SIGMA,
-            "load_average": [load_start, _load()],
+            "load_average": [load_start, load_average()],
             "wall_seconds": time.perf_counter() - start,
             "results": results,
         }

@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
+from typing import Optional
 
-__all__ = ["processor"]
+import torch
+
+__all__ = ["load_average", "machine_with_device", "processor"]
 
 
 def processor() -> str:
@@ -24,3 +28,19 @@ def processor() -> str:
     except OSError:
         pass
     return name
+
+
+def machine_with_device(device: str) -> str:
+    """The processor and its core count, and the GPU's name when ``device`` is a CUDA device that is present."""
+    text = f"{processor()}, {os.cpu_count()} CPU cores"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def load_average() -> Optional[float]:
+    """The system's one-minute load average (None where the system does not tell it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None

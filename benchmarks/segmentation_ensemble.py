@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 
 from benchmarks.doc_sections import replace_section
-from benchmarks.machine import processor
+from benchmarks.machine import load_average, machine_with_device
 from monai_adv.apps.sources import load_bundle
 from monai_adv.attacks import AutoAttack, InfererModel, SegmentationEnsemble
 from monai_adv.attacks.sea import DEFAULT_LOSSES, DEFAULT_SCHEDULE
@@ -215,20 +214,6 @@ def measure_setup(setup: str, options: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def machine(device: str) -> str:
-    text = f"{processor()}, {os.cpu_count()} CPU cores"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name()}"
-    return text
-
-
-def _load() -> Optional[float]:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def _passes(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.1f}".rstrip("0").rstrip(".")
 
@@ -340,17 +325,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "images": {"3d_bundle": args.images_3d, "2d_unet": args.images_2d},
             "tiny": args.tiny,
         }
-        load_start, start = _load(), time.perf_counter()
+        load_start, start = load_average(), time.perf_counter()
         results = {setup: measure_setup(setup, options) for setup in args.setups}
         payload = {
             "command": "python -m benchmarks.segmentation_ensemble "
             + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine(device),
+            "machine": machine_with_device(device),
             "device": device,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "scale": options["scale"],
-            "load_average": [load_start, _load()],
+            "load_average": [load_start, load_average()],
             "wall_seconds": time.perf_counter() - start,
             "results": results,
         }

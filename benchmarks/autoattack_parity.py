@@ -197,7 +197,7 @@ def per_sample_summary(broken_ours: List[torch.Tensor], broken_original: List[to
     }
 
 
-def compare(n: int, seeds: int, steps: int, queries: int, tiny: bool) -> Dict:
+def compare(n: int, seeds: int, steps: int, queries: int, tiny: bool, done: Optional[Callable] = None) -> Dict:
     x, y = orientation_dataset(n, seed=1)
     rows = {}
     for name, (model, eps) in build_models(tiny).items():
@@ -236,6 +236,8 @@ def compare(n: int, seeds: int, steps: int, queries: int, tiny: bool) -> Dict:
             row["components"][component] = entry
         rows[name] = row
         print(_model_line(name, row), flush=True)
+        if done is not None:  # e.g. write what is measured so far
+            done(rows)
     return rows
 
 
@@ -307,7 +309,6 @@ def main(argv=None) -> Dict:
     args = parser.parse_args(argv)
     if args.tiny:
         args.n, args.seeds, args.steps, args.queries = 16, 2, 5, 50
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     payload = {
         "images": args.n,
         "seeds": args.seeds,
@@ -315,9 +316,14 @@ def main(argv=None) -> Dict:
         "queries": args.queries,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "models": compare(args.n, args.seeds, args.steps, args.queries, args.tiny),
+        "models": {},
     }
-    write_json_atomic(args.out, payload)
+
+    def save(rows: Dict) -> None:  # after each model, so that a long run leaves its finished models
+        payload["models"] = rows
+        write_json_atomic(args.out, payload)
+
+    compare(args.n, args.seeds, args.steps, args.queries, args.tiny, done=save)
     if not args.tiny:
         replace_section(args.doc, HEADING, markdown(payload))
     return payload

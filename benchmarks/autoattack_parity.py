@@ -285,6 +285,8 @@ def markdown(payload: Dict) -> str:
         "implementation broke with more seeds than the other. *Seed-to-seed variation*: samples the original broke "
         "with some of its seeds but not all.",
         "",
+        _verdict(payload),
+        "",
         "Each component alone (seed 0, robust accuracy over all images, clean errors count as broken):",
         "",
         "| model | APGD-CE ours / original | APGD-T ours / original | FAB-T ours / original | Square ours / original |",
@@ -295,6 +297,21 @@ def markdown(payload: Dict) -> str:
         cells = [f"{p['ours']['robust_accuracy']:.3f} / {p['original']['robust_accuracy']:.3f}" for p in parts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(payload: Dict) -> str:
+    """The criterion, summed over the models."""
+    rows = [row["per_sample"] for row in payload["models"].values()]
+    missed = sum(r["missed"] for r in rows)
+    more = sum(r["original_more_often"] for r in rows)
+    variation = sum(r["original_seed_variation"] for r in rows)
+    ours_more = sum(r["ours_more_often"] for r in rows)
+    verdict = "within" if missed == 0 and more <= variation else "beyond"
+    return (
+        f"Over all models: {missed} sample(s) missed; the original broke {more} sample(s) more often than ours and "
+        f"ours {ours_more} more often than the original, against {variation} sample(s) on which the original's own "
+        f"seeds disagree: the difference is {verdict} the original's seed-to-seed variation."
+    )
 
 
 def main(argv=None) -> Dict:

@@ -24,6 +24,7 @@ breaks with some seeds but not all). Then, on seed 0, each component alone on th
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import time
@@ -323,7 +324,12 @@ def main(argv=None) -> Dict:
     parser.add_argument("--tiny", action="store_true", help="a smoke run (16 images, 2 seeds, 5 steps, 50 queries)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/autoattack_parity.json"))
     parser.add_argument("--doc", type=Path, default=DOC, help="Markdown document to write the section into")
+    parser.add_argument("--from-json", type=Path, help="only write the section of an earlier run's JSON to --doc")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        payload = json.loads(args.from_json.read_text())
+        replace_section(args.doc, HEADING, markdown(payload))
+        return payload
     if args.tiny:
         args.n, args.seeds, args.steps, args.queries = 16, 2, 5, 50
     payload = {

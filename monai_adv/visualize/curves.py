@@ -199,7 +199,7 @@ def plot_min_norm_curve(report: Mapping[str, Any], path: PathLike, title: Option
             ax.plot(xs, ys, _MARKERS[index % len(_MARKERS)], color=f"C{index + 1}", label=attack, markersize=7)
     budgets = sorted({r["eps"] for r in report.get("results", [])})
     labels = dict(zip(curve["eps"], curve["eps_labels"]))
-    ax.set_xticks(budgets, [labels.get(e, f"{e:g}") for e in budgets])
+    ax.set_xticks(budgets, [labels.get(e, f"{e:g}") for e in budgets], rotation=45, fontsize="small")
     ax.set_xlim(0, max(curve["eps"]))
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"eps ({report.get('norm', '')})")

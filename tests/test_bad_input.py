@@ -157,7 +157,14 @@ def test_logits_that_cannot_be_scored_are_an_error(call, error, pattern):
         call()
 
 
-@pytest.mark.parametrize("name", [n for n in available_attacks() if "classification" in attack_class(n).tasks])
+def _per_image(name: str) -> bool:
+    """Attacks applied per image (fitted attacks, universal perturbations and patches, have their own tests)."""
+    return attack_class(name).threat_model == "per-image"
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in available_attacks() if "classification" in attack_class(n).tasks and _per_image(n)]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_input_dtype_other_than_the_network_is_computed_in_the_network_dtype(name, dtype):
     """The rule: compute in the network's dtype, return the input's dtype, the budget exact in it."""

@@ -138,6 +138,8 @@ def _attack_params():
     "pgd") only in the slow run."""
     seen, params = set(), []
     for name in available_attacks():
+        if attack_class(name).threat_model != "per-image":  # fitted attacks: tests/test_universal.py, test_patch.py
+            continue
         key = (attack_class(name), tuple(sorted(attack_defaults(name).items(), key=str)))
         params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen else name)
         seen.add(key)

@@ -268,7 +268,14 @@ def test_compose_from_a_dicom_series_folder(tmp_path, net2d):
     assert 0 < float((out.as_tensor() - ref.as_tensor()).abs().max()) <= EPS + 1e-7
 
 
-@pytest.mark.parametrize("name", [n for n in available_attacks() if "classification" in attack_class(n).tasks])
+def _per_image(name: str) -> bool:
+    """Attacks applied per image (fitted attacks, universal perturbations and patches, have their own tests)."""
+    return attack_class(name).threat_model == "per-image"
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in available_attacks() if "classification" in attack_class(n).tasks and _per_image(n)]
+)
 def test_every_registered_attack_works_by_name_in_the_dictionary_transform(net2d, name):
     # composites (AutoAttack, transfer) included, with no special case
     small = {"eps": 8 / 255, **{k: v for k, v in CHEAP.items() if k in attack_arguments(name)}}

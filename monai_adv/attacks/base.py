@@ -189,6 +189,11 @@ class Attack:
     per_sample_details: Tuple[str, ...] = ()
     #: the tasks the attack is defined for (others are refused with a clear error)
     tasks: Tuple[str, ...] = ("classification", "multilabel", "segmentation")
+    #: the threat model: "per-image" (a perturbation per image in the eps-ball), "universal" (one perturbation for
+    #: every image, fitted on data) or "patch" (a region of unbounded intensity)
+    threat_model = "per-image"
+    #: what the attack's budget is: "eps" (the radius of the norm ball) or "size" (the side of a patch)
+    budget = "eps"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         fixed = sorted(set(kwargs) & set(cls.fixed_arguments))

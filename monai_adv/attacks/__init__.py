@@ -26,6 +26,7 @@ from monai_adv.attacks.diagnostics import (
 )
 from monai_adv.attacks.fab import FAB
 from monai_adv.attacks.fgsm import FGSM
+from monai_adv.attacks.fitted import FittedAttack
 from monai_adv.attacks.fmn import FMN
 from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
 from monai_adv.attacks.objective import NAMED_LOSSES, Objective
@@ -45,6 +46,7 @@ from monai_adv.attacks.simba import SimBA
 from monai_adv.attacks.square import Square
 from monai_adv.attacks.tasks import predict
 from monai_adv.attacks.transfer import TransferAttack
+from monai_adv.attacks.universal import UniversalPerturbation, apply_perturbation
 
 _BUILT_IN = (
     ("fgsm", FGSM, {}),
@@ -65,6 +67,7 @@ _BUILT_IN = (
     ("autoattack", AutoAttack, {}),
     ("transfer", TransferAttack, {}),
     ("sea", SegmentationEnsemble, {}),
+    ("uap", UniversalPerturbation, {}),
 )
 for _name, _cls, _preset in _BUILT_IN:
     register_attack(_name, _cls, **_preset)
@@ -78,6 +81,9 @@ __all__ = [
     "AttackResult",
     "AttackState",
     "AutoAttack",
+    "FittedAttack",
+    "UniversalPerturbation",
+    "apply_perturbation",
     "BPDA",
     "BestIterate",
     "CW",

@@ -158,3 +158,35 @@ def test_bad_use_is_refused():
     given_delta = torch.full((1, 8, 8), 0.05)
     applied = UniversalPerturbation(model, eps=0.1, perturbation=given_delta)(torch.full((2, 1, 8, 8), 0.5), y)
     assert torch.allclose(applied, torch.full_like(applied, 0.55))
+
+
+def test_apply_perturbation_transform_equals_the_attack(tmp_path):
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, EnsureTyped
+
+    from monai_adv.transforms import ApplyPerturbation, ApplyPerturbationd
+
+    torch.manual_seed(0)
+    model = TinyClassifier(2, 1, 3, width=4)
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    roi = (torch.rand(6, 1, 8, 8) > 0.3).float()
+    attack = UniversalPerturbation(model, eps=0.2, epochs=2)
+    delta = attack.fit(_loader(x, y, 3))
+    path = tmp_path / "uap.pt"
+    torch.save(delta, path)
+    expected = attack(x, y, mask=roi)
+    pipeline = Compose([EnsureTyped(keys="image"), ApplyPerturbationd("image", str(path), mask_key="roi")])
+    for i in range(6):
+        sample = {"image": MetaTensor(x[i], meta={"filename_or_obj": f"{i}.nii"}), "roi": roi[i], "label": y[i]}
+        out = pipeline(sample)["image"]
+        assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == f"{i}.nii"
+        assert torch.equal(out.as_tensor(), expected[i])
+    assert torch.equal(ApplyPerturbation(attack)(x), attack(x, y))  # the fitted attack itself, on a batch
+    with pytest.raises(ValueError, match="does not take the perturbation"):
+        ApplyPerturbation(delta)(torch.rand(1, 6, 6))
+    with pytest.raises(ValueError, match="not fitted"):
+        ApplyPerturbation(UniversalPerturbation(model, eps=0.1))
+    with pytest.raises(FileNotFoundError, match="`perturbation`"):
+        ApplyPerturbation(tmp_path / "missing.pt")
+    with pytest.raises(KeyError, match="`mask_key`"):
+        ApplyPerturbationd("image", delta, mask_key="roi")({"image": x[0]})

@@ -15,10 +15,20 @@ from monai_adv.transforms.dictionary import (
     RandAdversarialPerturbd,
     RandAdversarialPerturbDict,
 )
+from monai_adv.transforms.perturbation import (
+    ApplyPerturbation,
+    ApplyPerturbationD,
+    ApplyPerturbationd,
+    ApplyPerturbationDict,
+)
 
 __all__ = [
     "ADVERSARIAL_META_KEY",
     "AdversarialPerturb",
+    "ApplyPerturbation",
+    "ApplyPerturbationD",
+    "ApplyPerturbationDict",
+    "ApplyPerturbationd",
     "AdversarialPerturbD",
     "AdversarialPerturbDict",
     "AdversarialPerturbd",

@@ -27,6 +27,7 @@ from monai_adv.apps.arguments import (
     check_out_folder,
     check_surrogate,
     parse_eps,
+    parse_patch_sizes,
     parse_value_range,
 )
 from monai_adv.apps.certify_arguments import check_smoothing, parse_radii
@@ -73,7 +74,7 @@ def _csv(text: str) -> List[str]:
 
 def _check_sizes(args: argparse.Namespace) -> None:
     """The counts every subcommand may take: each >= 1 (0 would silently mean "the default" or "nothing")."""
-    for flag in ("epochs", "train_samples", "test_samples", "samples", "batch_size"):
+    for flag in ("epochs", "train_samples", "test_samples", "samples", "fit_samples", "batch_size"):
         if hasattr(args, flag):
             check_count(getattr(args, flag), "--" + flag.replace("_", "-"))
     if hasattr(args, "out"):
@@ -109,6 +110,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_model(args.bundle, args.checkpoint, args.network)
     check_surrogate(args.surrogate_checkpoint, args.surrogate_network)
     check_data(args.data)
+    if args.fit_data is not None:
+        check_data(args.fit_data)
     if not _csv(args.attacks):
         raise CommandError("--attacks: give at least one attack, e.g. fgsm,pgd-20")
     device = check_device(args.device)
@@ -133,6 +136,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.no_progress,
         min_norm=args.min_norm,
+        corruptions=args.corruptions,
+        patch_sizes=parse_patch_sizes(args.patch_sizes),
+        fit_data=args.fit_data,
+        fit_samples=args.fit_samples,
     )
     return 0
 
@@ -288,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ATTACK",
         help="a minimum-norm attack (fmn) run once: the robust accuracy against eps on a fine grid (classification)",
     )
+    evaluate.add_argument(
+        "--corruptions",
+        metavar="NAMES",
+        help="natural corruptions scored at severities 1-5: 'all' or comma-separated names (docs/threat_models.md)",
+    )
+    evaluate.add_argument(
+        "--patch-sizes",
+        default="0.01,0.02,0.05,0.1",
+        help="sizes of the patch attacks: fractions of the image area (volume in 3D) or sides in voxels",
+    )
+    evaluate.add_argument(
+        "--fit-data",
+        help="the data the fitted attacks (uap, patch) are fitted on, as --data (default: the validation split "
+        "of demo and medmnist data; else the evaluation data, said in the report)",
+    )
+    evaluate.add_argument("--fit-samples", type=int, help="use the first N samples of the fit data (demo: 200)")
     evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
     evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")
     evaluate.add_argument("--task", default="auto", choices=TASK_CHOICES)

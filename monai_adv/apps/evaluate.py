@@ -23,8 +23,9 @@ from monai_adv.apps.sources import (
     load_data,
     load_network,
 )
+from monai_adv.apps.threat_figures import write_threat_figures
 from monai_adv.benchmark.progress import attach_progress
-from monai_adv.benchmark.report import curve_table, markdown_table, write_reports
+from monai_adv.benchmark.report import curve_table, markdown_table, threat_tables, write_reports
 from monai_adv.devices import resolve_device
 from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
@@ -56,6 +57,10 @@ def run_evaluate(
     log=print,
     device: Optional[str] = None,
     min_norm: Optional[str] = None,
+    corruptions: Optional[str] = None,
+    patch_sizes: Sequence[float] = (0.01, 0.02, 0.05, 0.1),
+    fit_data: Optional[str] = None,
+    fit_samples: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``.
 
@@ -65,7 +70,13 @@ def run_evaluate(
     The per-sample outcomes are written to ``out/progress`` batch by batch: rerunning the same command resumes a
     killed run (a different command into the same ``out`` is refused); delete ``out/progress`` to start anew.
     With ``min_norm`` (a minimum-norm attack such as "fmn"; classification) the report gains the robust-accuracy
-    curve against eps from one run of it (``robustness_curve_min_norm.png``)."""
+    curve against eps from one run of it (``robustness_curve_min_norm.png``).
+
+    Fitted attacks in ``attacks`` ("uap", "patch") are fitted on ``fit_data`` (a ``--data`` specification; default
+    the validation split of demo and MedMNIST data, else the evaluation data, which the report's notes then say)
+    before the evaluation; patch attacks run at ``patch_sizes``; ``corruptions`` ("all" or comma-separated names)
+    adds the natural corruptions at severities 1-5. Their sections and figures (``universal_perturbations.png``,
+    ``patches.png``, ``corruptions.png``, ``threat_models.png``) join the report (docs/threat_models.md)."""
     arguments = dict(locals())
     check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
     check_count(batch_size, "--batch-size")
@@ -95,6 +106,10 @@ def _evaluate_run(
     progress: bool,
     log,
     min_norm: Optional[str],
+    corruptions: Optional[str],
+    patch_sizes: Sequence[float],
+    fit_data: Optional[str],
+    fit_samples: Optional[int],
 ) -> Dict[str, Any]:
     """The evaluation of this process (of this rank under torchrun); rank 0 writes the report folder."""
     device = run.device
@@ -127,6 +142,7 @@ def _evaluate_run(
     check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
     # each rank attacks its shard (no padding: a sample is evaluated once); the evaluator gathers the outcomes
     sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False) if run.world_size > 1 else None
+    fit_loader, fit_name = _fit_loader(attacks, data, fit_data, fit_samples, preprocessing, batch_size)
     try:
         evaluator = RobustnessEvaluator(
             device=device,
@@ -141,8 +157,11 @@ def _evaluate_run(
             seed=seed,
             keep_examples=8,
             progress_dir=Path(out) / PROGRESS_FOLDER,
-            run_settings={"data": data, "samples": len(dataset)},
+            run_settings={"data": data, "samples": len(dataset), "fit_data": fit_name},
             min_norm_attack=min_norm,
+            fit_data_loader=fit_loader,
+            patch_sizes=patch_sizes,
+            corruptions=None if corruptions is None else [c.strip() for c in corruptions.split(",") if c.strip()],
         )
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e
@@ -172,7 +191,39 @@ def _evaluate_run(
             clean_predictions=ex["clean_pred"],
             adversarial_predictions=ex["adversarial_pred"],
         )
+    paths.update(write_threat_figures(evaluator, report, Path(out)))
     table = markdown_table({name: report}) + (f"\n{curve_table(report)}" if "curve" in report else "")
+    table += threat_tables(report)
     log(table)
     log(f"report in {out}/")
     return {"report": report, "paths": paths, "table": table}
+
+
+def _fit_loader(
+    attacks: Sequence[Any],
+    data: str,
+    fit_data: Optional[str],
+    fit_samples: Optional[int],
+    preprocessing: Any,
+    batch_size: int,
+):
+    """The loader the fitted attacks of the suite are fitted on, and its name for the run's settings: ``fit_data``,
+    else the validation split of demo or MedMNIST data, else None (the evaluation data)."""
+    from monai_adv.attacks import FittedAttack, attack_class
+    from monai_adv.engines.attack_suite import parse_attack_specs
+
+    try:
+        specs = parse_attack_specs(list(attacks))
+    except (ValueError, TypeError) as e:
+        raise CommandError(str(e)) from e
+    if not any(issubclass(attack_class(spec.attack), FittedAttack) for spec in specs):
+        return None, None
+    kind = data.partition(":")[0]
+    if fit_data is None and kind not in ("demo", "demo3d", "medmnist"):
+        return None, None
+    spec = data if fit_data is None else fit_data
+    dataset = load_data(spec, fit_samples, preprocessing, split="val")  # demo, MedMNIST: their validation split
+    if len(dataset) == 0:
+        raise CommandError(f"--fit-data {spec}: no samples")
+    name = f"{spec} (val split)" if spec.partition(":")[0] in ("demo", "demo3d", "medmnist") else spec
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False), name

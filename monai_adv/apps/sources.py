@@ -110,12 +110,14 @@ def _loading_transform(preprocessing: Optional[Callable]) -> Callable:
     return Compose([LoadImaged("image"), EnsureChannelFirstd("image"), ScaleIntensityd("image")])
 
 
-def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[Callable] = None) -> Any:
+def load_data(
+    spec: str, samples: Optional[int] = None, preprocessing: Optional[Callable] = None, split: str = "test"
+) -> Any:
     """An evaluation data set from a specification:
 
     - ``demo`` or ``demo:<task>`` (classification, multiclass, multilabel, segmentation; ``demo3d:<task>``
-      for 3D patches): the test split of the embedded demo data;
-    - ``medmnist:<file.npz>``: the test split of a MedMNIST file;
+      for 3D patches): the ``split`` ("test", or "val" for the fit data of fitted attacks) of the embedded demo data;
+    - ``medmnist:<file.npz>``: the ``split`` of a MedMNIST file;
     - ``csv:<manifest.csv>``: a manifest with columns image (path) and label;
     - ``nifti:<folder>``: segmentation pairs ``<folder>/images/<name>`` and ``<folder>/labels/<name>``.
     """
@@ -125,7 +127,7 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
     if kind in ("demo", "demo3d"):
         task = arg or "classification"
         try:
-            return BrainLesionDataset("test", task, 3 if kind == "demo3d" else 2, num_samples=samples or 200)
+            return BrainLesionDataset(split, task, 3 if kind == "demo3d" else 2, num_samples=samples or 200)
         except ValueError as e:
             raise CommandError(f"--data {spec}: {e}") from e
     if kind in ("medmnist", "csv", "nifti") and not arg:
@@ -134,7 +136,7 @@ def load_data(spec: str, samples: Optional[int] = None, preprocessing: Optional[
     if kind == "medmnist":
         if not path.is_file():
             raise CommandError(f"--data: MedMNIST file not found: {path}")
-        data = MedMNISTDataset(path, split="test")
+        data = MedMNISTDataset(path, split=split)
     elif kind == "csv":
         if not path.is_file():
             raise CommandError(f"--data: CSV manifest not found: {path}")

@@ -24,6 +24,7 @@ __all__ = [
     "csv_table",
     "curve_table",
     "markdown_table",
+    "threat_tables",
     "write_reports",
 ]
 
@@ -42,6 +43,7 @@ CSV_FIELDS = (
     "seconds",
     "queries_per_sample",
     "samples",
+    "threat_model",
 )
 Reports = Union[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]
 
@@ -123,8 +125,83 @@ def curve_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def threat_tables(report: Mapping[str, Any]) -> str:
+    """The report's universal, patch and corruption sections as Markdown (empty when it has none): the fooling
+    rate and metric of each universal perturbation next to the per-image worst case at the same budget, the metric
+    under each patch attack against patch size, and under each corruption against severity with the mean."""
+    metric = report["primary_metric"]
+    clean = _cell(report["clean"].get(metric))
+    parts: List[str] = []
+    universal = [r for r in report["results"] if r.get("threat_model") == "universal"]
+    if universal:
+        per_image = {
+            r["eps_label"]: r for r in report["results"] if r.get("threat_model") in ("per-image", "worst-case")
+        }
+        lines = [
+            f"universal perturbations ({metric}; fooling rate = share of images whose prediction changes)",
+            "",
+            "| attack | eps | clean | universal | fooling rate | worst case of the eps attacks |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in universal:
+            worst = per_image.get(row["eps_label"])
+            worst_cell = _cell(worst["metrics"].get(metric)) if worst is not None else "n/a"
+            lines.append(
+                f"| {row['attack']} | {row['eps_label']} | {clean} | {_cell(row['metrics'].get(metric))} | "
+                f"{_cell(row.get('fooling_rate'))} | {worst_cell} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    if report.get("patches"):
+        rows = report["patches"]
+        labels = list(dict.fromkeys(r["size_label"] for r in rows))
+        lines = [
+            f"{metric} under patches (size: share of the image area or volume, or side in voxels)",
+            "",
+            "| attack | clean | " + " | ".join(labels) + " |",
+            "|" + "|".join(["---"] * (len(labels) + 2)) + "|",
+        ]
+        for attack in dict.fromkeys(r["attack"] for r in rows):
+            values = {r["size_label"]: r["metrics"].get(metric) for r in rows if r["attack"] == attack}
+            lines.append(f"| {attack} | {clean} | " + " | ".join(_cell(values.get(lb)) for lb in labels) + " |")
+        parts.append("\n".join(lines) + "\n")
+    section = report.get("corruptions")
+    if section:
+        severities = section["severities"]
+        lines = [
+            f"{metric} under natural corruptions (mean over all corruptions and severities: "
+            f"{_cell(section['mean'].get(metric))}; relative to clean: "
+            f"{_cell(section['relative_to_clean'].get(metric))})",
+            "",
+            "| corruption | clean | " + " | ".join(f"severity {v}" for v in severities) + " | mean |",
+            "|" + "|".join(["---"] * (len(severities) + 3)) + "|",
+        ]
+        for name, means in section["per_corruption"].items():
+            values = {r["severity"]: r["metrics"].get(metric) for r in section["results"] if r["corruption"] == name}
+            cells = " | ".join(_cell(values.get(v)) for v in severities)
+            lines.append(f"| {name} | {clean} | {cells} | {_cell(means.get(metric))} |")
+        parts.append("\n".join(lines) + "\n")
+    return "".join(f"\n{part}" for part in parts)
+
+
+def _family_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The patch and corruption cells as result rows for the CSV: attack "<patch attack>" with the size as eps, or
+    "corruption/<name>" with the severity as eps."""
+    rows = [
+        {**r, "eps": r["size"], "eps_label": r["size_label"], "threat_model": "patch"}
+        for r in report.get("patches", [])
+    ]
+    for r in (report.get("corruptions") or {}).get("results", []):
+        label = f"s{r['severity']}"
+        rows.append({**r, "attack": f"corruption/{r['corruption']}", "eps": r["severity"], "eps_label": label})
+        rows[-1]["threat_model"] = "corruption"
+    return rows
+
+
 def csv_table(reports: Reports) -> str:
-    """Long-format CSV: one line per method, attack, budget and metric (clean rows have attack "clean", eps 0)."""
+    """Long-format CSV: one line per method, attack, budget and metric (clean rows have attack "clean", eps 0).
+
+    Patch rows carry the patch size as ``eps`` and corruption rows (attack ``corruption/<name>``) the severity;
+    ``threat_model`` tells them apart (per-image, universal, worst-case, patch, corruption)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -142,8 +219,8 @@ def csv_table(reports: Reports) -> str:
                         "samples": report["num_samples"],
                     }
                 )
-        for row in report["results"]:
-            extra = {k: row[k] for k in CSV_FIELDS[6:]}
+        for row in list(report["results"]) + _family_rows(report):
+            extra = {k: row.get(k) for k in CSV_FIELDS[6:]}
             for metric, value in row["metrics"].items():
                 writer.writerow(
                     {
@@ -169,7 +246,8 @@ def write_reports(reports: Reports, folder: Union[str, Path]) -> Dict[str, Path]
         paths[f"json:{method}"] = write_json_atomic(folder / f"{_file_name(method)}.json", report)
     paths["csv"] = write_text_atomic(folder / "robustness.csv", csv_table(table))
     curves = "".join(f"\n{curve_table(report)}" for report in table.values())
-    paths["markdown"] = write_text_atomic(folder / "robustness.md", markdown_table(table) + curves)
+    threats = "".join(threat_tables(report) for report in table.values())
+    paths["markdown"] = write_text_atomic(folder / "robustness.md", markdown_table(table) + curves + threats)
     return paths
 
 

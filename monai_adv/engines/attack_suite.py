@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from monai_adv.attacks import attack_arguments, available_attacks, make_attack
+from monai_adv.attacks import attack_arguments, attack_class, available_attacks, make_attack
 from monai_adv.budgets import check_distinct_budgets, eps_label
 from monai_adv.defenses.objectives import survey_step
 
@@ -108,7 +108,10 @@ def build_attack(
     early_stop: Optional[bool] = None,
 ):
     """Build the attack of ``spec`` on ``model`` at budget ``eps``; the suite's norm, value range, task and seed
-    apply unless ``spec.kwargs`` sets them. Returns an object with ``perturb(x, y, mask=...)``."""
+    apply unless ``spec.kwargs`` sets them. Returns an object with ``perturb(x, y, mask=...)``.
+
+    For a patch attack (its class's ``budget`` is "size") ``eps`` is the patch size (see
+    :func:`monai_adv.attacks.patch.patch_side`) and the suite's norm does not apply."""
     # the suite's settings, for the attacks that take them (classification-only attacks such as FMN or APGD-T set
     # their task themselves); the specification's own arguments are passed as given
     accepted = attack_arguments(spec.attack)
@@ -118,4 +121,5 @@ def build_attack(
         kwargs["alpha"] = survey_step(eps) if eps > 0 else None
     if early_stop is not None and "early_stop" not in spec.kwargs and "early_stop" in attack_arguments(spec.attack):
         kwargs["early_stop"] = early_stop
-    return make_attack(spec.attack, model, eps=eps, **kwargs)
+    budget = "size" if attack_class(spec.attack).budget == "size" else "eps"
+    return make_attack(spec.attack, model, **{budget: eps}, **kwargs)

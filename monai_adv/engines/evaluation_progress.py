@@ -118,6 +118,17 @@ class EvaluationProgress:
     def save_examples(self, examples: Mapping[str, torch.Tensor]) -> None:
         write_atomic(self.folder / "examples.pt", lambda tmp: torch.save(dict(examples), tmp))
 
+    def fitted(self) -> Dict[str, Any]:
+        """What the fitted attacks (universal perturbations, patches) were fitted to, stored by :meth:`save_fitted`
+        (empty when nothing is stored)."""
+        path = self.folder / "fitted.pt"
+        return self._load(path) if path.is_file() else {}
+
+    def save_fitted(self, fitted: Mapping[str, Any]) -> None:
+        """Store the fitted tensors (host copies) and their fit records, ``{name: {"tensor": ..., "info": ...}}``."""
+        payload = {k: {"tensor": v["tensor"].detach().cpu(), "info": dict(v["info"])} for k, v in fitted.items()}
+        write_atomic(self.folder / "fitted.pt", lambda tmp: torch.save(payload, tmp))
+
     def save_batch(self, rank: int, index: torch.Tensor, cells: List[CellRows]) -> Path:
         """Write the rows of every cell of one batch (``index``: the batch's sample indices)."""
         first, last = int(index.min()), int(index.max())

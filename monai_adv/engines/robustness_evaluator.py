@@ -24,6 +24,7 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 
 from monai_adv.attacks import (
     AttackResult,
+    FittedAttack,
     InfererModel,
     attack_class,
     attack_defaults,
@@ -45,7 +46,7 @@ from monai_adv.engines.attack_suite import (
 from monai_adv.engines.evaluation_progress import CellRows, EvaluationProgress, model_fingerprint
 from monai_adv.engines.robust_trainer import NetworkCall
 from monai_adv.engines.robustness_curve import curve_grid, robustness_curve
-from monai_adv.engines.robustness_results import RobustnessResults, derived_success
+from monai_adv.engines.robustness_results import WORST_CASE, RobustnessResults, corruption_cell, derived_success
 from monai_adv.metrics import (
     SampleOutcome,
     check_additional_metrics,
@@ -53,13 +54,15 @@ from monai_adv.metrics import (
     sample_outcome,
     worst_case_index,
 )
+from monai_adv.transforms.corruptions import corrupt, corruption_names
 
 EventEnum, _ = optional_import("ignite.engine", name="EventEnum")
 Events, _ = optional_import("ignite.engine", name="Events")
 
 __all__ = ["RobustnessEvaluator", "RobustnessEvents", "QueryCounter", "WORST_CASE"]
 
-WORST_CASE = "worst-case"
+#: the patch sizes of an evaluation that names none (fractions of the image area, or volume in 3D)
+DEFAULT_PATCH_SIZES = (0.01, 0.02, 0.05, 0.1)
 
 
 class RobustnessEvents(EventEnum):
@@ -192,6 +195,22 @@ class RobustnessEvaluator(SupervisedEvaluator):
             the suite's per-sample outcomes (a sample counts as robust at a budget only if no attack broke it
             within it). See :func:`~monai_adv.engines.robustness_curve.robustness_curve`.
         curve_points: the evenly spaced budgets of the curve.
+        fit_data_loader: the data the fitted attacks of the suite (universal perturbations "uap", universal patches
+            "patch") are fitted on, before the evaluation, at each budget (or patch size): e.g. the validation split,
+            batches as ``val_data_loader``'s (read through ``prepare_batch``, with ``mask_key``). None fits them on the
+            evaluation data itself (said in the report's ``notes``; refused under torchrun, where each process sees
+            a shard). Under torchrun rank 0's fitted tensors are sent to every rank; with ``progress_dir`` they are
+            stored there, so a resumed run applies the same ones.
+        patch_sizes: the sizes the patch attacks of the suite run at (their budget instead of ``eps``): fractions of
+            the image's area (volume in 3D) in (0, 1], or sides in voxels (ints); see
+            :func:`monai_adv.attacks.patch.patch_side`.
+        corruptions: natural corruptions to score the model under: "all", or names of
+            :data:`monai_adv.transforms.corruptions.CORRUPTIONS` (e.g. ``["gaussian_noise", "bias_field"]``); each at
+            every severity of ``corruption_severities``, on the whole image (``mask_key`` does not restrict them),
+            seeded per sample (the same image is corrupted the same way in any batch), clipped to ``value_range``.
+            The report's ``corruptions`` section holds each cell and the mean over all of them (the mean corruption
+            accuracy, or Dice).
+        corruption_severities: the severities (1 to 5).
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -228,12 +247,24 @@ class RobustnessEvaluator(SupervisedEvaluator):
         max_batch: Optional[int] = None,
         min_norm_attack: Optional[Union[str, Mapping[str, Any], AttackSpec]] = None,
         curve_points: int = 41,
+        fit_data_loader: Optional[Iterable] = None,
+        patch_sizes: Sequence[Union[int, float]] = DEFAULT_PATCH_SIZES,
+        corruptions: Optional[Union[str, Sequence[str]]] = None,
+        corruption_severities: Sequence[int] = (1, 2, 3, 4, 5),
     ) -> None:
         self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
             raise ValueError(f"`eps` must be a non-empty list of budgets, e.g. [1/255, 2/255], got {eps!r}.")
         self.eps_values = [check_eps(e) for e in eps]
         self.specs = parse_attack_specs(attacks)
+        self.eps_specs = [s for s in self.specs if attack_class(s.attack).budget == "eps"]
+        self.patch_specs = [s for s in self.specs if attack_class(s.attack).budget == "size"]
+        self.patch_sizes = _check_patch_sizes(patch_sizes) if self.patch_specs else []
+        self.corruptions = [] if corruptions is None else corruption_names(corruptions)
+        self.severities = _check_severities(corruption_severities) if self.corruptions else []
+        if fit_data_loader is not None and not hasattr(fit_data_loader, "__iter__"):
+            raise TypeError(f"`fit_data_loader` must be an iterable of batches, got {type(fit_data_loader).__name__}.")
+        self.fit_data_loader = fit_data_loader
         self.norm = check_norm(norm)
         self.value_range = check_value_range(value_range)
         check_distinct_budgets(self.eps_values, self.value_range)
@@ -283,7 +314,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._crafting_model = crafting if plain else InfererModel(crafting, self.inferer)
         self.query_counter = QueryCounter(self._crafting_model)
         self._attacks: Dict[Tuple[str, float], Any] = {}
+        self._fitted: Dict[Tuple[str, float], torch.Tensor] = {}
+        self.fit_info: List[Dict[str, Any]] = []
         self._build_attacks(task)  # early errors for bad attack arguments
+        if self._fitted_keys() and fit_data_loader is None and self._distributed():
+            raise ValueError(
+                "fitted attacks (universal perturbations, patches) under torchrun need `fit_data_loader` (e.g. the "
+                "validation split, the whole of it on every rank): each rank sees only a shard of the evaluation data."
+            )
         self.results: Optional[RobustnessResults] = None
         self.run_settings = dict(run_settings or {})
         self._check_sampler(progress_dir)
@@ -312,6 +350,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
             "check": self.check,
             "additional_metrics": {k: type(v).__name__ for k, v in self.additional_metrics.items()},
             "min_norm_attack": None if self.min_norm_spec is None else _spec_settings(self.min_norm_spec),
+            "patch_sizes": list(self.patch_sizes),
+            "corruptions": list(self.corruptions),
+            "corruption_severities": list(self.severities),
+            "fit_data": "evaluation data" if self.fit_data_loader is None else "fit_data_loader",
             "network": model_fingerprint(self.network),
             "surrogate": model_fingerprint(self.surrogate),
             **self.run_settings,
@@ -353,8 +395,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
 
     @property
     def total_attack_runs(self) -> int:
-        """Attack runs per batch (attacks x budgets), the unit of :data:`RobustnessEvents.ATTACK_COMPLETED`."""
-        return len(self.specs) * len(self.eps_values)
+        """Attack runs per batch (attacks x budgets, patch attacks x sizes, corruptions x severities), the unit of
+        :data:`RobustnessEvents.ATTACK_COMPLETED`."""
+        runs = len(self.eps_specs) * len(self.eps_values) + len(self.patch_specs) * len(self.patch_sizes)
+        return runs + len(self.corruptions) * len(self.severities)
 
     def _build_attacks(self, task: str) -> None:
         early_stop = self.early_stop
@@ -368,10 +412,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "check": False})
             if self.max_batch is not None and "max_batch" not in spec.kwargs:
                 spec = AttackSpec(spec.name, spec.attack, {**spec.kwargs, "max_batch": self.max_batch})
-            for eps in self.eps_values:
-                self._attacks[(spec.name, eps)] = build_attack(
-                    spec, self.query_counter, eps, self.norm, self.value_range, task, self.seed, early_stop
+            budgets = self.patch_sizes if attack_class(spec.attack).budget == "size" else self.eps_values
+            for budget in budgets:
+                attack = build_attack(
+                    spec, self.query_counter, budget, self.norm, self.value_range, task, self.seed, early_stop
                 )
+                if (spec.name, budget) in self._fitted:  # rebuilt once the task is known: keep what was fitted
+                    attack.fitted = self._fitted[(spec.name, budget)]
+                self._attacks[(spec.name, budget)] = attack
         if self.min_norm_spec is not None:
             spec = self.min_norm_spec
             if self.max_batch is not None and "max_batch" not in spec.kwargs:
@@ -397,6 +445,63 @@ class RobustnessEvaluator(SupervisedEvaluator):
             model = NetworkCall(self.network, None if plain else self.inferer, args, kwargs)
         self.query_counter.model = model
 
+    @property
+    def fitted(self) -> Dict[Tuple[str, float], torch.Tensor]:
+        """What the fitted attacks were fitted to, ``{(attack name, budget or patch size): tensor}`` (the universal
+        perturbations, the universal patches), once the run has started."""
+        return dict(self._fitted)
+
+    def attack(self, name: str, budget: float) -> Any:
+        """The suite's attack ``name`` as built at ``budget`` (eps, or patch size for a patch attack)."""
+        if (name, budget) not in self._attacks:
+            raise KeyError(f"no attack {name!r} at budget {budget!r}; the suite has {sorted(self._attacks)}.")
+        return self._attacks[(name, budget)]
+
+    def _fitted_keys(self) -> List[Tuple[str, float]]:
+        """The (name, budget) of the suite's fitted attacks (universal perturbations, universal patches)."""
+        return [key for key, attack in self._attacks.items() if isinstance(attack, FittedAttack)]
+
+    def _fit_attacks(self) -> None:
+        """The fit phase: fit each fitted attack of the suite at each budget (or size) once, before the first batch.
+
+        Tensors stored in ``progress_dir`` by an earlier run with the same settings are applied as they are; under
+        torchrun rank 0 fits and sends the tensors to the other ranks."""
+        keys = [key for key in self._fitted_keys() if key not in self._fitted]
+        if not keys:
+            return
+        stored = self.progress.fitted() if self.progress is not None else {}
+        fitted: Dict[str, Any] = {}
+        for key in keys:
+            label = f"{key[0]}@{key[1]!r}"
+            attack = self._attacks[key]
+            if label in stored:
+                fitted[label] = stored[label]
+            elif self._rank() == 0:
+                loader = self.data_loader if self.fit_data_loader is None else self.fit_data_loader
+                start = time.perf_counter()
+                tensor = attack.fit(
+                    _PreparedBatches(self, loader), mask_key="mask" if self.mask_key else None, device=self.state.device
+                )
+                info = {
+                    "attack": key[0],
+                    "budget": key[1],
+                    "samples": attack.fit_samples,
+                    "seconds": time.perf_counter() - start,
+                    "data": "evaluation data" if self.fit_data_loader is None else "fit_data_loader",
+                }
+                fitted[label] = {"tensor": tensor.detach().cpu(), "info": info}
+        if self._distributed():
+            shared = [fitted]
+            dist.broadcast_object_list(shared, src=0)
+            fitted = shared[0]
+        for key in keys:
+            entry = fitted[f"{key[0]}@{key[1]!r}"]
+            self._fitted[key] = entry["tensor"].to(self.state.device)
+            self._attacks[key].fitted = self._fitted[key]
+            self.fit_info.append(dict(entry["info"]))
+        if self.progress is not None and self._rank() == 0 and any(label not in stored for label in fitted):
+            self.progress.save_fitted({**stored, **fitted})
+
     def _start_results(self, engine: RobustnessEvaluator) -> None:
         self.results = None
         self.notes = []
@@ -408,6 +513,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             self._stored = self.progress.load_batches()
             self._done = EvaluationProgress.done_indices(self._stored)
             self.state.examples = self.progress.examples()
+        self._fit_attacks()
 
     def _new_results(self, task: str, num_classes: int) -> RobustnessResults:
         if task != self.task:
@@ -416,9 +522,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
             task,
             num_classes,
             self.eps_values,
-            [s.name for s in self.specs],
+            [s.name for s in self.eps_specs],
             self.seg_success_ratio,
             self.additional_metrics,
+            universal_names=[s.name for s in self.eps_specs if attack_class(s.attack).threat_model == "universal"],
+            patch_names=[s.name for s in self.patch_specs],
+            patch_sizes=self.patch_sizes,
+            corruptions=self.corruptions,
+            severities=self.severities,
         )
 
     def _chunks(self, n: int) -> List[slice]:
@@ -484,7 +595,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         for eps in engine.eps_values:
             adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
             any_success: Optional[torch.Tensor] = None
-            for spec in engine.specs:
+            for spec in engine.eps_specs:
                 engine.query_counter.count = 0
                 attack = engine._attacks[(spec.name, eps)]
                 start = time.perf_counter()
@@ -499,16 +610,26 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 success = success.to(device=outcome.correct.device, dtype=torch.bool)
                 any_success = success if any_success is None else any_success | success
                 norms = perturbation_norms(inputs, x_adv)
+                changed = _changed(results.task, outcome, clean) if spec.name in results.universal_names else None
                 rows = results.cell(spec.name, eps).add(
-                    adv_logits, labels, outcome, clean, norms, seconds, engine.query_counter.count, success, index
+                    adv_logits,
+                    labels,
+                    outcome,
+                    clean,
+                    norms,
+                    seconds,
+                    engine.query_counter.count,
+                    success,
+                    index,
+                    changed,
                 )
                 batch_cells.append([spec.name, eps, rows])
                 adversarial.append((x_adv.detach().as_subclass(torch.Tensor), adv_logits, outcome, norms))
                 engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
             worst = self._worst_case(adversarial)
             if len(adversarial) > 1:
-                seconds = sum(c.seconds_last for c in (results.cell(s.name, eps) for s in engine.specs))
-                queries = sum(c.queries_last for c in (results.cell(s.name, eps) for s in engine.specs))
+                seconds = sum(c.seconds_last for c in (results.cell(s.name, eps) for s in engine.eps_specs))
+                queries = sum(c.queries_last for c in (results.cell(s.name, eps) for s in engine.eps_specs))
                 rows = results.cell(WORST_CASE, eps).add(
                     worst[1], labels, worst[2], clean, worst[3], seconds, queries, any_success, index
                 )
@@ -516,10 +637,75 @@ class RobustnessEvaluator(SupervisedEvaluator):
             if eps == engine.eps_values[-1]:
                 output["adversarial_image"], output["adversarial_pred"] = worst[0], worst[1]
                 engine._keep_examples(inputs, targets, clean, worst)
+        for size in engine.patch_sizes:
+            for spec in engine.patch_specs:
+                engine.query_counter.count = 0
+                attack = engine._attacks[(spec.name, size)]
+                start = time.perf_counter()
+                result = attack.perturb(inputs, targets, mask=mask)
+                seconds = time.perf_counter() - start
+                batch_cells.append(
+                    engine._score_cell(
+                        spec.name,
+                        size,
+                        result.x_adv,
+                        inputs,
+                        labels,
+                        clean,
+                        seconds,
+                        args,
+                        kwargs,
+                        index,
+                        attack,
+                        result,
+                    )
+                )
+                engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
+        for name in engine.corruptions:
+            for severity in engine.severities:
+                start = time.perf_counter()
+                x_corrupt = corrupt(
+                    inputs.as_subclass(torch.Tensor), name, severity, engine.seed or 0, engine.value_range
+                )
+                seconds = time.perf_counter() - start
+                batch_cells.append(
+                    engine._score_cell(
+                        corruption_cell(name), severity, x_corrupt, inputs, labels, clean, seconds, args, kwargs, index
+                    )
+                )
+                engine.fire_event(RobustnessEvents.ATTACK_COMPLETED)
         if engine.progress is not None:
             engine.progress.save_batch(engine._rank(), index, batch_cells)
         engine.state.output = output
         return output
+
+    def _score_cell(
+        self,
+        name: str,
+        budget: float,
+        x_new: torch.Tensor,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        clean: SampleOutcome,
+        seconds: float,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        index: torch.Tensor,
+        attack: Any = None,
+        result: Optional[AttackResult] = None,
+    ) -> CellRows:
+        """Score changed inputs (a patch attack's, a corruption's) into the cell ``(name, budget)``; its rows."""
+        results = self.results
+        logits = self._forward(x_new, *args, what=f"the {name} inputs", **kwargs)
+        outcome = sample_outcome(results.task, logits, labels)
+        success = None if result is None else self._attack_success(attack, result, results.task)
+        if success is None:
+            success = derived_success(results.task, outcome, clean, self.seg_success_ratio)
+        success = success.to(device=outcome.correct.device, dtype=torch.bool)
+        queries = self.query_counter.count if attack is not None else 0  # corruptions query no model
+        norms = perturbation_norms(inputs, x_new)
+        rows = results.cell(name, budget).add(logits, labels, outcome, clean, norms, seconds, queries, success, index)
+        return [name, budget, rows]
 
     def _rank(self) -> int:
         return dist.get_rank() if self._distributed() else 0
@@ -603,7 +789,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             from monai_adv.attacks.diagnostics import evaluation_notes, sample_voxels  # false-robustness checks
 
             self.notes += evaluation_notes(
-                {key: cell.rows() for key, cell in self.results.cells.items()},
+                {(name, eps): cell.rows() for name, eps, cell in self.results.rows()},  # the eps-ball cells
                 {spec.name: spec.attack for spec in self.specs},
                 self.norm,
                 self.value_range,
@@ -641,14 +827,77 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 same_norm,
                 lambda e: eps_label(e, self.value_range),
             )
+        if self.fit_info and "fitted" not in info:
+            info["fitted"] = [dict(entry) for entry in self.fit_info]
         return self.results.report(
             norm=self.norm,
             value_range=self.value_range,
             setting=self.setting,
             attacks=[{"name": s.name, "attack": s.attack, "kwargs": dict(s.kwargs)} for s in self.specs],
             eps_label=lambda e: eps_label(e, self.value_range),
-            **{"notes": list(self.notes), **info},
+            **{"notes": self._fit_notes() + list(self.notes), **info},
         )
+
+    def _fit_notes(self) -> List[str]:
+        if not self.fit_info or self.fit_data_loader is not None:
+            return []
+        names = sorted({entry["attack"] for entry in self.fit_info})
+        return [
+            f"{', '.join(names)}: fitted on the evaluation data itself (no `fit_data_loader`), so the numbers measure "
+            "the perturbation on the images it was fitted to, not its transfer to unseen images."
+        ]
+
+
+class _PreparedBatches:
+    """The batches of a loader as the evaluator reads them (through its ``prepare_batch``, on its device), as dicts
+    with "image", "label" and, with ``mask_key``, "mask": the fit data of the fitted attacks; re-iterable."""
+
+    def __init__(self, evaluator: RobustnessEvaluator, loader: Iterable) -> None:
+        self.evaluator, self.loader = evaluator, loader
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        ev = self.evaluator
+        for batchdata in self.loader:
+            batch = ev.prepare_batch(batchdata, ev.state.device, ev.non_blocking, **ev.to_kwargs)
+            item = {"image": batch[0], "label": batch[1]}
+            if ev.mask_key is not None:
+                if not isinstance(batchdata, Mapping) or ev.mask_key not in batchdata:
+                    raise KeyError(f"`mask_key` {ev.mask_key!r} is not a key of the fit data's batches.")
+                item["mask"] = batchdata[ev.mask_key]
+            yield item
+
+
+def _changed(task: str, outcome: SampleOutcome, clean: SampleOutcome) -> Optional[Dict[str, torch.Tensor]]:
+    """Per sample, whether the prediction differs from the clean one (the fooling rate of a universal perturbation;
+    classification and multi-label)."""
+    if task == "segmentation":
+        return None
+    n = outcome.predictions.shape[0]
+    differs = outcome.predictions.reshape(n, -1) != clean.predictions.to(outcome.predictions.device).reshape(n, -1)
+    return {"changed": differs.any(dim=1).cpu()}
+
+
+def _check_patch_sizes(sizes: Sequence[Union[int, float]]) -> List[Union[int, float]]:
+    """The patch sizes: a non-empty list of distinct sides in voxels (ints >= 1) or fractions in (0, 1]."""
+    from monai_adv.attacks.patch import patch_side
+
+    if isinstance(sizes, (int, float, str)) or not isinstance(sizes, Sequence) or not sizes:
+        raise ValueError(f"`patch_sizes` must be a non-empty list of patch sizes, e.g. [0.02, 0.05], got {sizes!r}.")
+    for size in sizes:
+        patch_side(size, (10**6,))  # the form only: ints >= 1 or fractions in (0, 1]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"`patch_sizes` must be distinct, got {list(sizes)}.")
+    return list(sizes)
+
+
+def _check_severities(severities: Sequence[int]) -> List[int]:
+    if isinstance(severities, int) or not isinstance(severities, Sequence) or not severities:
+        raise ValueError(f"`corruption_severities` must be a non-empty list of severities 1-5, got {severities!r}.")
+    if any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in severities) or len(set(severities)) != len(
+        severities
+    ):
+        raise ValueError(f"`corruption_severities` must be distinct integers from 1 to 5, got {list(severities)}.")
+    return sorted(severities)
 
 
 def _min_norm_spec(attack: Union[str, Mapping[str, Any], AttackSpec]) -> AttackSpec:

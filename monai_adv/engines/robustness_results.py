@@ -18,10 +18,25 @@ from monai_adv import __version__
 from monai_adv.metrics import PRIMARY_METRIC, AdditionalMetrics, SampleOutcome, make_task_metrics
 from monai_adv.metrics.rows import Rows, concat_rows, select_rows
 
-__all__ = ["CellAccumulator", "RobustnessResults", "REPORT_SCHEMA", "REPORT_SCHEMA_VERSION", "derived_success"]
+__all__ = [
+    "CellAccumulator",
+    "RobustnessResults",
+    "REPORT_SCHEMA",
+    "REPORT_SCHEMA_VERSION",
+    "WORST_CASE",
+    "corruption_cell",
+    "derived_success",
+]
 
 REPORT_SCHEMA = "monai_adv.robustness_report"
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
+#: the name of each budget's per-sample worst case across the attacks
+WORST_CASE = "worst-case"
+
+
+def corruption_cell(name: str) -> str:
+    """The cell name of a corruption (its key is ``(cell name, severity)``)."""
+    return f"corruption/{name}"
 
 
 def _number(value: float) -> Optional[float]:
@@ -62,8 +77,16 @@ class CellAccumulator:
         num_classes: int,
         seg_success_ratio: float = 0.5,
         additional_metrics: Optional[Mapping[str, Any]] = None,
+        universal_names: Sequence[str] = (),
+        patch_names: Sequence[str] = (),
+        patch_sizes: Sequence[float] = (),
+        corruptions: Sequence[str] = (),
+        severities: Sequence[int] = (),
     ) -> None:
         self.task = task
+        self.universal_names = list(universal_names)
+        self.patch_names, self.patch_sizes = list(patch_names), list(patch_sizes)
+        self.corruptions, self.severities = list(corruptions), list(severities)
         self.ratio = seg_success_ratio
         self.metrics = make_task_metrics(task, num_classes)
         self.additional = AdditionalMetrics(additional_metrics or {}, task, num_classes)
@@ -173,6 +196,11 @@ class RobustnessResults:
         seg_success_ratio: see :class:`CellAccumulator`.
         additional_metrics: ``{name: metric}`` computed in every cell (clean, each attack and budget, worst case),
             each cell with its own copy; see :class:`CellAccumulator`.
+        universal_names: the attacks of ``attack_names`` that apply one fitted perturbation to every image.
+        patch_names: the patch attacks, whose cells are keyed by patch size (``patch_sizes``), not eps.
+        patch_sizes: the patch sizes.
+        corruptions: the corruption names, whose cells are keyed by :func:`corruption_cell` and severity.
+        severities: the corruption severities.
     """
 
     def __init__(
@@ -183,8 +211,16 @@ class RobustnessResults:
         attack_names: Sequence[str],
         seg_success_ratio: float = 0.5,
         additional_metrics: Optional[Mapping[str, Any]] = None,
+        universal_names: Sequence[str] = (),
+        patch_names: Sequence[str] = (),
+        patch_sizes: Sequence[float] = (),
+        corruptions: Sequence[str] = (),
+        severities: Sequence[int] = (),
     ) -> None:
         self.task = task
+        self.universal_names = list(universal_names)
+        self.patch_names, self.patch_sizes = list(patch_names), list(patch_sizes)
+        self.corruptions, self.severities = list(corruptions), list(severities)
         self.num_classes = int(num_classes)
         self.eps_values = list(eps_values)
         self.attack_names = list(attack_names)
@@ -213,9 +249,20 @@ class RobustnessResults:
         return cells
 
     def rows(self) -> List[Tuple[str, float, CellAccumulator]]:
-        """The cells in report order: budgets ascending, attacks in suite order, the worst case last."""
-        names = self.attack_names + sorted({a for a, _ in self.cells} - set(self.attack_names))
+        """The cells of the eps-budget attacks in report order: budgets ascending, attacks in suite order, the worst
+        case last."""
+        names = self.attack_names + [WORST_CASE]
         return [(a, e, self.cells[(a, e)]) for e in sorted(self.eps_values) for a in names if (a, e) in self.cells]
+
+    def patch_rows(self) -> List[Tuple[str, float, CellAccumulator]]:
+        """The cells of the patch attacks: sizes ascending, attacks in suite order."""
+        keys = [(a, s) for s in sorted(self.patch_sizes) for a in self.patch_names]
+        return [(a, s, self.cells[(a, s)]) for a, s in keys if (a, s) in self.cells]
+
+    def corruption_rows(self) -> List[Tuple[str, int, CellAccumulator]]:
+        """The cells of the corruptions: in the given order, severities ascending."""
+        keys = [(c, v) for c in self.corruptions for v in sorted(self.severities)]
+        return [(c, v, self.cells[(corruption_cell(c), v)]) for c, v in keys if (corruption_cell(c), v) in self.cells]
 
     def flat_metrics(self, value_range: Optional[Sequence[float]]) -> Dict[str, float]:
         """Flat entries for ``engine.state.metrics``: "clean/accuracy", "pgd-20@4/255/accuracy", ..."""
@@ -227,7 +274,59 @@ class RobustnessResults:
             prefix = f"{attack}@{eps_label(eps, value_range)}"
             flat.update({f"{prefix}/{k}": v for k, v in summary["metrics"].items()})
             flat[f"{prefix}/success_rate"] = summary["success_rate"]
+        from monai_adv.attacks.patch import size_label
+
+        for attack, size, cell in self.patch_rows():
+            flat.update({f"{attack}@{size_label(size)}/{k}": v for k, v in cell.summary()["metrics"].items()})
+        corruption_rows = self.corruption_rows()
+        for name, severity, cell in corruption_rows:
+            flat.update({f"{name}@s{severity}/{k}": v for k, v in cell.summary()["metrics"].items()})
+        if corruption_rows:
+            flat.update({f"corruption/mean_{k}": v for k, v in self._corruption_means(corruption_rows).items()})
         return flat
+
+    @staticmethod
+    def _corruption_means(rows: List[Tuple[str, int, CellAccumulator]]) -> Dict[str, Optional[float]]:
+        """Each metric's mean over every corruption and severity (e.g. the mean corruption accuracy)."""
+        values: Dict[str, List[float]] = {}
+        for _, _, cell in rows:
+            for metric, value in cell.summary()["metrics"].items():
+                values.setdefault(metric, []).append(value)
+        return {k: None if None in v else sum(v) / len(v) for k, v in values.items()}
+
+    def _family_sections(self, clean: Dict[str, Any]) -> Dict[str, Any]:
+        """The report's ``patches`` and ``corruptions`` sections (only those with cells)."""
+        from monai_adv.attacks.patch import size_label
+        from monai_adv.transforms.corruptions import corruption_parameters
+
+        sections: Dict[str, Any] = {}
+        patch_rows = self.patch_rows()
+        if patch_rows:
+            sections["patches"] = [
+                {"attack": a, "size": s, "size_label": size_label(s), **c.summary()} for a, s, c in patch_rows
+            ]
+        corruption_rows = self.corruption_rows()
+        if corruption_rows:
+            results = [
+                {"corruption": n, "severity": v, "parameters": corruption_parameters(n, v), **c.summary()}
+                for n, v, c in corruption_rows
+            ]
+            means = self._corruption_means(corruption_rows)
+            per_corruption = {
+                n: self._corruption_means([r for r in corruption_rows if r[0] == n]) for n in self.corruptions
+            }
+            relative = {
+                k: None if v is None or not clean["metrics"].get(k) else v / clean["metrics"][k]
+                for k, v in means.items()
+            }
+            sections["corruptions"] = {
+                "severities": sorted(self.severities),
+                "results": results,
+                "mean": means,
+                "relative_to_clean": relative,
+                "per_corruption": per_corruption,
+            }
+        return sections
 
     def report(
         self,
@@ -238,11 +337,18 @@ class RobustnessResults:
         eps_label: Callable[[float], str],
         **info: Any,
     ) -> Dict[str, Any]:
-        """The JSON-ready report (schema ``monai_adv.robustness_report`` version 1.0)."""
+        """The JSON-ready report (schema ``monai_adv.robustness_report``, :data:`REPORT_SCHEMA_VERSION`)."""
         clean = self.clean.summary()
         results = []
         for attack, eps, cell in self.rows():
-            results.append({"attack": attack, "eps": eps, "eps_label": eps_label(eps), **cell.summary()})
+            row = {"attack": attack, "eps": eps, "eps_label": eps_label(eps), **cell.summary()}
+            row["threat_model"] = (
+                "worst-case" if attack == WORST_CASE else "universal" if attack in self.universal_names else "per-image"
+            )
+            rows = cell.rows()
+            if "changed" in rows:  # universal: the share of images whose prediction the perturbation changes
+                row["fooling_rate"] = float(rows["changed"].float().mean()) if rows["changed"].numel() else None
+            results.append(row)
         report = {
             "schema": REPORT_SCHEMA,
             "schema_version": REPORT_SCHEMA_VERSION,
@@ -260,6 +366,7 @@ class RobustnessResults:
             "attacks": attacks,
             "clean": {**clean["metrics"], "seconds": clean["seconds"]},
             "results": results,
+            **self._family_sections(clean),
         }
         for key, value in info.items():
             report[key] = value

@@ -15,6 +15,7 @@ from monai_adv.visualize.examples import plot_adversarial_examples
 from monai_adv.visualize.figures import new_figure, save_figure
 from monai_adv.visualize.gradcam import default_target_layer, gradcam_maps, plot_gradcam
 from monai_adv.visualize.slices import as_numpy, display_slice, mid_slice, show_image
+from monai_adv.visualize.threats import plot_image_grid, plot_threat_families, plot_universal_perturbations
 
 __all__ = [
     "as_numpy",
@@ -26,8 +27,11 @@ __all__ = [
     "plot_adversarial_examples",
     "plot_certified_curves",
     "plot_gradcam",
+    "plot_image_grid",
     "plot_min_norm_curve",
     "plot_robustness_curves",
+    "plot_threat_families",
+    "plot_universal_perturbations",
     "save_figure",
     "show_image",
 ]

@@ -30,6 +30,7 @@ from monai_adv.attacks.fitted import FittedAttack
 from monai_adv.attacks.fmn import FMN
 from monai_adv.attacks.guard import InfererModel, eval_view, model_dtype, model_state_guard
 from monai_adv.attacks.objective import NAMED_LOSSES, Objective
+from monai_adv.attacks.patch import PatchAttack, UniversalPatch
 from monai_adv.attacks.pgd import PGD
 from monai_adv.attacks.registry import (
     attack_arguments,
@@ -68,6 +69,9 @@ _BUILT_IN = (
     ("transfer", TransferAttack, {}),
     ("sea", SegmentationEnsemble, {}),
     ("uap", UniversalPerturbation, {}),
+    ("image_patch", PatchAttack, {}),
+    ("patch", UniversalPatch, {}),
+    ("universal_patch", UniversalPatch, {}),
 )
 for _name, _cls, _preset in _BUILT_IN:
     register_attack(_name, _cls, **_preset)
@@ -83,6 +87,7 @@ __all__ = [
     "AutoAttack",
     "FittedAttack",
     "UniversalPerturbation",
+    "UniversalPatch",
     "apply_perturbation",
     "BPDA",
     "BestIterate",
@@ -95,6 +100,7 @@ __all__ = [
     "InfererModel",
     "NAMED_LOSSES",
     "Objective",
+    "PatchAttack",
     "PGD",
     "QueryAttack",
     "SegmentationEnsemble",

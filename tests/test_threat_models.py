@@ -1,0 +1,171 @@
+# Copyright (c) monai_adv contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+
+"""The evaluator's threat models beyond the per-image eps-ball: fitted universal perturbations, patches and natural
+corruptions, checked against hand-written loops; resume, report schema, tables and figures."""
+
+import pytest
+import torch
+
+from monai_adv.attacks import UniversalPerturbation, apply_perturbation
+from monai_adv.benchmark.report import csv_table, threat_tables, validate_report
+from monai_adv.engines import RobustnessEvaluator
+from monai_adv.transforms.corruptions import corrupt
+from tests.models import bars_dataset
+
+EPS = [8 / 255, 24 / 255]
+
+
+def _batches(x, y, size=16):
+    return [{"image": x[i : i + size], "label": y[i : i + size]} for i in range(0, x.shape[0], size)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    x_test, y_test = bars_dataset(48, seed=11)
+    x_fit, y_fit = bars_dataset(64, seed=12)
+    return _batches(x_test, y_test), _batches(x_fit, y_fit), x_test, y_test
+
+
+def _evaluator(model, loader, fit, **kwargs):
+    settings = {"eps": EPS, "fit_data_loader": fit, "check": False}
+    settings.update(kwargs)
+    return RobustnessEvaluator("cpu", loader, model, **settings)
+
+
+def test_corruption_cells_equal_a_hand_written_loop(trained_bars, data):
+    model = trained_bars[0]
+    loader, fit, x, y = data
+    evaluator = _evaluator(model, loader, fit, attacks=["fgsm"], corruptions="gaussian_noise,gaussian_blur")
+    evaluator.run()
+    report = evaluator.report()
+    validate_report(report)
+    section = report["corruptions"]
+    assert section["severities"] == [1, 2, 3, 4, 5] and len(section["results"]) == 10
+    accuracies = []
+    for row in section["results"]:
+        # the same images, corrupted batch by batch exactly as the evaluator does (seed 0, range [0, 1])
+        corrupted = torch.cat([corrupt(b["image"], row["corruption"], row["severity"], 0, (0.0, 1.0)) for b in loader])
+        with torch.no_grad():
+            expected = int((model(corrupted).argmax(1) == y).sum()) / len(y)
+        assert row["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-12), row
+        accuracies.append(expected)
+        assert row["parameters"] and row["samples"] == 48
+    assert section["mean"]["accuracy"] == pytest.approx(sum(accuracies) / len(accuracies))
+    assert evaluator.state.metrics["corruption/mean_accuracy"] == pytest.approx(section["mean"]["accuracy"])
+    assert evaluator.state.metrics["gaussian_blur@s5/accuracy"] == pytest.approx(accuracies[-1])
+    # seeded by content: a second evaluation with other batches gives the same numbers
+    again = _evaluator(model, _batches(x, y, 5), fit, attacks=["fgsm"], corruptions="gaussian_noise,gaussian_blur")
+    again.run()
+    assert [r["metrics"] for r in again.report()["corruptions"]["results"]] == [
+        r["metrics"] for r in section["results"]
+    ]
+    table = threat_tables(report)
+    assert "natural corruptions" in table and "| gaussian_blur | 1.000 |" in table
+    assert "corruption/gaussian_noise,3,s3,accuracy" in csv_table(report)
+
+
+def test_universal_cells_equal_the_fitted_perturbation_applied_by_hand(trained_bars, data):
+    model = trained_bars[0]
+    loader, fit, x, y = data
+    uap = {"attack": "uap", "epochs": 3}
+    evaluator = _evaluator(model, loader, fit, attacks=["pgd-20", uap])
+    evaluator.run()
+    report = evaluator.report()
+    validate_report(report)
+    fitted = evaluator.fitted
+    assert sorted(fitted) == [("uap", e) for e in EPS]
+    for eps in EPS:
+        # the evaluator fitted on the fit data, as a stand-alone attack does
+        alone = UniversalPerturbation(model, eps=eps, epochs=3).fit(fit)
+        assert torch.equal(alone, fitted[("uap", eps)])
+        with torch.no_grad():
+            clean_pred = model(x).argmax(1)
+            pred = model(apply_perturbation(x, alone, None, (0.0, 1.0))).argmax(1)
+        row = next(r for r in report["results"] if r["attack"] == "uap" and r["eps"] == eps)
+        assert row["threat_model"] == "universal"
+        assert row["metrics"]["accuracy"] == pytest.approx(int((pred == y).sum()) / len(y))
+        assert row["fooling_rate"] == pytest.approx(int((pred != clean_pred).sum()) / len(y))
+        assert row["linf_max"] <= eps + 1e-7
+    assert [e["attack"] for e in report["fitted"]] == ["uap", "uap"] and report["fitted"][0]["samples"] == 64
+    assert {r["threat_model"] for r in report["results"]} == {"per-image", "universal", "worst-case"}
+    worst = [r for r in report["results"] if r["attack"] == "worst-case"]
+    for row in worst:  # the worst case covers the universal perturbation too (it lies in the same ball)
+        uap_row = next(r for r in report["results"] if r["attack"] == "uap" and r["eps"] == row["eps"])
+        assert row["metrics"]["accuracy"] <= uap_row["metrics"]["accuracy"]
+    assert "universal perturbations" in threat_tables(report)
+    assert not any("fitted on the evaluation data" in n for n in report["notes"])
+
+
+def test_fitting_on_the_evaluation_data_is_said(trained_bars, data):
+    loader, _, _, _ = data
+    evaluator = _evaluator(trained_bars[0], loader, None, attacks=[{"attack": "uap", "epochs": 1}], eps=[8 / 255])
+    evaluator.run()
+    report = evaluator.report()
+    assert any("fitted on the evaluation data itself" in note for note in report["notes"])
+    assert report["fitted"][0]["data"] == "evaluation data"
+
+
+def test_a_resumed_run_applies_the_stored_fit(trained_bars, data, tmp_path):
+    from monai.data import DataLoader, Dataset
+
+    model = trained_bars[0]
+    _, fit, x, y = data
+    loader = DataLoader(Dataset([{"image": x[i], "label": y[i]} for i in range(len(y))]), batch_size=16)
+    suite = [{"attack": "uap", "epochs": 2}]
+    first = _evaluator(model, loader, fit, attacks=suite, progress_dir=tmp_path, corruptions=["contrast"])
+    first.run()
+    stored = (tmp_path / "fitted.pt").is_file()
+    # a second run with the same settings and other fit data: the stored tensors are applied, nothing refitted
+    shuffled = [{"image": b["image"].flip(0), "label": b["label"].flip(0)} for b in fit]
+    second = _evaluator(model, loader, shuffled, attacks=suite, progress_dir=tmp_path, corruptions=["contrast"])
+    second.run()
+    assert stored and all(torch.equal(first.fitted[k], second.fitted[k]) for k in first.fitted)
+    strip = ("created", "seconds", "fitted")
+
+    def comparable(report):
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in report["results"]]
+        return {**{k: v for k, v in report.items() if k not in strip + ("results", "corruptions")}, "results": rows}
+
+    assert comparable(first.report()) == comparable(second.report())
+
+
+def test_bad_threat_model_arguments_are_refused(trained_bars, data):
+    loader, fit, _, _ = data
+    model = trained_bars[0]
+    with pytest.raises(ValueError, match="`corruptions`"):
+        _evaluator(model, loader, fit, attacks=["fgsm"], corruptions=["fog"])
+    with pytest.raises(ValueError, match="`corruption_severities`"):
+        _evaluator(model, loader, fit, attacks=["fgsm"], corruptions="all", corruption_severities=[0, 6])
+    with pytest.raises(TypeError, match="`fit_data_loader`"):
+        _evaluator(model, loader, 3, attacks=["uap"])
+
+
+def test_patch_cells_per_size_equal_the_attacks_applied_by_hand(trained_bars, data):
+    model = trained_bars[0]
+    loader, fit, x, y = data
+    suite = ["fgsm", {"attack": "patch", "epochs": 2}, {"attack": "image_patch", "steps": 5}]
+    evaluator = _evaluator(model, loader, fit, attacks=suite, patch_sizes=[0.05, 4])
+    evaluator.run()
+    report = evaluator.report()
+    validate_report(report)
+    assert [(r["attack"], r["size_label"]) for r in report["patches"]] == [
+        ("patch", "5%"),
+        ("image_patch", "5%"),
+        ("patch", "4 px"),
+        ("image_patch", "4 px"),
+    ]
+    assert sorted(evaluator.fitted) == [("patch", 0.05), ("patch", 4)]
+    for row in report["patches"]:
+        attack = evaluator.attack(row["attack"], row["size"])
+        with torch.no_grad():
+            patched = torch.cat([attack(b["image"], b["label"]) for b in loader])
+            expected = int((model(patched).argmax(1) == y).sum()) / len(y)
+        assert row["metrics"]["accuracy"] == pytest.approx(expected), row
+    assert evaluator.state.metrics["patch@5%/accuracy"] == report["patches"][0]["metrics"]["accuracy"]
+    assert "under patches" in threat_tables(report)
+    assert {r["attack"] for r in report["results"]} == {"fgsm"}  # patches are not eps-ball rows
+    assert evaluator.total_attack_runs == len(EPS) + 2 * 2

@@ -161,7 +161,7 @@ def _evaluate_run(
             min_norm_attack=min_norm,
             fit_data_loader=fit_loader,
             patch_sizes=patch_sizes,
-            corruptions=None if corruptions is None else [c.strip() for c in corruptions.split(",") if c.strip()],
+            corruptions=corruptions,
         )
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e

@@ -4,9 +4,20 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""MONAI transforms that add an adversarial attack to a pipeline."""
+"""MONAI transforms that add an adversarial attack, a fitted perturbation or a natural corruption to a pipeline."""
 
 from monai_adv.transforms.array import ADVERSARIAL_META_KEY, AdversarialPerturb, RandAdversarialPerturb
+from monai_adv.transforms.corruptions import (
+    CORRUPTIONS,
+    SEVERITIES,
+    Corrupt,
+    CorruptD,
+    Corruptd,
+    CorruptDict,
+    corrupt,
+    corruption_names,
+    corruption_parameters,
+)
 from monai_adv.transforms.dictionary import (
     AdversarialPerturbD,
     AdversarialPerturbd,
@@ -23,6 +34,15 @@ from monai_adv.transforms.perturbation import (
 )
 
 __all__ = [
+    "CORRUPTIONS",
+    "SEVERITIES",
+    "Corrupt",
+    "CorruptD",
+    "CorruptDict",
+    "Corruptd",
+    "corrupt",
+    "corruption_names",
+    "corruption_parameters",
     "ADVERSARIAL_META_KEY",
     "AdversarialPerturb",
     "ApplyPerturbation",

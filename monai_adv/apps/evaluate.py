@@ -17,6 +17,7 @@ from monai.data import DataLoader, DistributedSampler
 from monai_adv.apps.arguments import check_count, check_out_folder
 from monai_adv.apps.sources import (
     CommandError,
+    bundle_image_size,
     check_channels,
     check_spatial_dims,
     load_bundle,
@@ -132,7 +133,8 @@ def _evaluate_run(
         if surrogate_checkpoint is None or surrogate_network is None:
             raise CommandError("the transfer setting needs both --surrogate-checkpoint and --surrogate-network")
         surrogate = load_network(surrogate_network, surrogate_checkpoint).to(device)
-    dataset = load_data(data, samples, preprocessing)
+    size = bundle_image_size(bundle)  # demo data in the shape the bundle's network was trained on
+    dataset = load_data(data, samples, preprocessing, image_size=size)
     if len(dataset) == 0:
         raise CommandError(f"--data {data}: no samples")
     first = dataset[0]
@@ -142,7 +144,7 @@ def _evaluate_run(
     check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
     # each rank attacks its shard (no padding: a sample is evaluated once); the evaluator gathers the outcomes
     sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False) if run.world_size > 1 else None
-    fit_loader, fit_name = _fit_loader(attacks, data, fit_data, fit_samples, preprocessing, batch_size)
+    fit_loader, fit_name = _fit_loader(attacks, data, fit_data, fit_samples, preprocessing, batch_size, size)
     try:
         evaluator = RobustnessEvaluator(
             device=device,
@@ -206,6 +208,7 @@ def _fit_loader(
     fit_samples: Optional[int],
     preprocessing: Any,
     batch_size: int,
+    image_size: Optional[int],
 ):
     """The loader the fitted attacks of the suite are fitted on, and its name for the run's settings: ``fit_data``,
     else the validation split of demo or MedMNIST data, else None (the evaluation data)."""
@@ -222,7 +225,9 @@ def _fit_loader(
     if fit_data is None and kind not in ("demo", "demo3d", "medmnist"):
         return None, None
     spec = data if fit_data is None else fit_data
-    dataset = load_data(spec, fit_samples, preprocessing, split="val")  # demo, MedMNIST: their validation split
+    dataset = load_data(
+        spec, fit_samples, preprocessing, split="val", image_size=image_size
+    )  # demo, MedMNIST: their validation split
     if len(dataset) == 0:
         raise CommandError(f"--fit-data {spec}: no samples")
     name = f"{spec} (val split)" if spec.partition(":")[0] in ("demo", "demo3d", "medmnist") else spec

@@ -110,13 +110,31 @@ def _loading_transform(preprocessing: Optional[Callable]) -> Callable:
     return Compose([LoadImaged("image"), EnsureChannelFirstd("image"), ScaleIntensityd("image")])
 
 
+def bundle_image_size(bundle: Optional[Path]) -> Optional[int]:
+    """The side of the square (cubic) input the bundle's network takes, from ``network_data_format`` in its
+    ``configs/metadata.json``; None without a bundle or when the metadata does not say."""
+    if bundle is None:
+        return None
+    try:
+        formats = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())["network_data_format"]
+        shape = [int(v) for v in formats["inputs"]["image"]["spatial_shape"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return shape[0] if len(shape) in (2, 3) and len(set(shape)) == 1 else None
+
+
 def load_data(
-    spec: str, samples: Optional[int] = None, preprocessing: Optional[Callable] = None, split: str = "test"
+    spec: str,
+    samples: Optional[int] = None,
+    preprocessing: Optional[Callable] = None,
+    split: str = "test",
+    image_size: Optional[int] = None,
 ) -> Any:
     """An evaluation data set from a specification:
 
     - ``demo`` or ``demo:<task>`` (classification, multiclass, multilabel, segmentation; ``demo3d:<task>``
-      for 3D patches): the ``split`` ("test", or "val" for the fit data of fitted attacks) of the embedded demo data;
+      for 3D patches): the ``split`` ("test", or "val" for the fit data of fitted attacks) of the embedded demo data,
+      its images of side ``image_size`` (None: the data set's default; a bundle's from :func:`bundle_image_size`);
     - ``medmnist:<file.npz>``: the ``split`` of a MedMNIST file;
     - ``csv:<manifest.csv>``: a manifest with columns image (path) and label;
     - ``nifti:<folder>``: segmentation pairs ``<folder>/images/<name>`` and ``<folder>/labels/<name>``.
@@ -127,7 +145,8 @@ def load_data(
     if kind in ("demo", "demo3d"):
         task = arg or "classification"
         try:
-            return BrainLesionDataset(split, task, 3 if kind == "demo3d" else 2, num_samples=samples or 200)
+            size = {} if image_size is None else {"image_size": image_size}
+            return BrainLesionDataset(split, task, 3 if kind == "demo3d" else 2, num_samples=samples or 200, **size)
         except ValueError as e:
             raise CommandError(f"--data {spec}: {e}") from e
     if kind in ("medmnist", "csv", "nifti") and not arg:

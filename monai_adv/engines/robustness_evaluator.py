@@ -789,7 +789,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
             from monai_adv.attacks.diagnostics import evaluation_notes, sample_voxels  # false-robustness checks
 
             self.notes += evaluation_notes(
-                {(name, eps): cell.rows() for name, eps, cell in self.results.rows()},  # the eps-ball cells
+                {  # the per-image eps-ball cells: a universal perturbation is weaker by design, not by masking
+                    (name, eps): cell.rows()
+                    for name, eps, cell in self.results.rows()
+                    if name not in self.results.universal_names
+                },
                 {spec.name: spec.attack for spec in self.specs},
                 self.norm,
                 self.value_range,

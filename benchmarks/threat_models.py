@@ -109,7 +109,7 @@ def markdown(payload: Dict) -> str:
         "",
         f"`python -m benchmarks.threat_models` on the demo task's lesion classifiers (binary, 32x32 slices; natural "
         f"and PGD-AT at 8/255), {payload['images']} test images, the universal perturbation and patch fitted on "
-        f"{payload['fit_images']} validation images (5 epochs), per-image patch {payload['patch_steps']} steps, on "
+        f"{payload['fit_images']} validation images (10 epochs), per-image patch {payload['patch_steps']} steps, on "
         f"{payload['machine']}. Accuracy everywhere (clean in the first column).",
         "",
         "### Universal perturbation against per-image PGD-20 and random noise (L-inf)",

@@ -107,6 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     value_range = parse_value_range(args.value_range)
     eps = parse_eps(args.eps, value_range)
+    patch_sizes = parse_patch_sizes(args.patch_sizes)
     check_model(args.bundle, args.checkpoint, args.network)
     check_surrogate(args.surrogate_checkpoint, args.surrogate_network)
     check_data(args.data)
@@ -137,7 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         min_norm=args.min_norm,
         corruptions=args.corruptions,
-        patch_sizes=parse_patch_sizes(args.patch_sizes),
+        patch_sizes=patch_sizes,
         fit_data=args.fit_data,
         fit_samples=args.fit_samples,
     )

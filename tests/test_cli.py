@@ -274,6 +274,10 @@ EARLY_ERRORS = [
     (["evaluate", "--eps", "1e999"], "finite numbers >= 0"),
     (["evaluate", "--eps", "nan"], "finite numbers >= 0"),
     (["evaluate", "--value-range", "1,0"], "--value-range"),
+    (["evaluate", "--patch-sizes", "0.05,0"], "--patch-sizes: 0 is neither"),
+    (["evaluate", "--patch-sizes", "1.5"], "--patch-sizes: 1.5 is neither"),
+    (["evaluate", "--patch-sizes", "big"], "--patch-sizes: expected"),
+    (["evaluate", "--fit-samples", "0"], "--fit-samples"),
     (["evaluate", "--out", "FILE"], "is an existing file, not a folder"),
 ]
 

@@ -169,3 +169,33 @@ def test_patch_cells_per_size_equal_the_attacks_applied_by_hand(trained_bars, da
     assert "under patches" in threat_tables(report)
     assert {r["attack"] for r in report["results"]} == {"fgsm"}  # patches are not eps-ball rows
     assert evaluator.total_attack_runs == len(EPS) + 2 * 2
+
+
+def test_command_line_writes_every_family_with_its_figures(tmp_path, capsys):
+    from pathlib import Path
+
+    from monai_adv.cli import main
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_lesion_robust_classification"
+    out = tmp_path / "report"
+    args = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--attacks", "pgd-20,uap,patch"]
+    args += ["--corruptions", "all", "--eps", "4/255", "--patch-sizes", "0.05", "--samples", "8"]
+    args += ["--fit-samples", "8", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    import json
+
+    report = json.loads((out / "brain_lesion_robust_classification.json").read_text())
+    validate_report(report)
+    assert report["schema_version"] == "1.1" and report["clean"]["accuracy"] > 0.6  # demo images in the bundle's size
+    assert {r["threat_model"] for r in report["results"]} == {"per-image", "universal", "worst-case"}
+    assert [r["attack"] for r in report["patches"]] == ["patch"] and len(report["corruptions"]["results"]) == 45
+    assert {entry["data"] for entry in report["fitted"]} == {"fit_data_loader"}
+    for figure in ("universal_perturbations", "patches", "corruptions", "threat_models", "robustness_curves"):
+        assert (out / f"{figure}.png").stat().st_size > 1000, figure
+    markdown = (out / "robustness.md").read_text()
+    for section in ("universal perturbations", "under patches", "natural corruptions"):
+        assert section in markdown and section in printed
+    bad = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--corruptions", "fog", "--samples", "2"]
+    assert main(bad + ["--out", str(tmp_path / "bad"), "--no-progress"]) == 1
+    assert "`corruptions` has an unknown name 'fog'" in capsys.readouterr().err

@@ -51,7 +51,7 @@ class FittedAttack(Attack):
     #: "universal" (one perturbation in the eps-ball for every image) or "patch" (a region of unbounded intensity)
     threat_model = "universal"
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], epochs: int = 5, **kwargs: Any) -> None:
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], epochs: int = 10, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         from monai_adv.attacks.validation import check_int
 

@@ -486,7 +486,7 @@ class UniversalPatch(_Placement, FittedAttack):
         model: Callable[[torch.Tensor], torch.Tensor],
         size: Union[int, float] = 0.1,
         location: Location = "random",
-        epochs: int = 5,
+        epochs: int = 10,
         alpha: Optional[float] = None,
         target_class: Optional[int] = None,
         patch: Optional[torch.Tensor] = None,

@@ -75,7 +75,7 @@ class UniversalPerturbation(FittedAttack):
     def __init__(
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
-        epochs: int = 5,
+        epochs: int = 10,
         alpha: Optional[float] = None,
         target_class: Optional[int] = None,
         perturbation: Optional[torch.Tensor] = None,

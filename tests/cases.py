@@ -177,6 +177,8 @@ def comparable_report(report: Dict[str, Any]) -> Dict[str, Any]:
     report = json.loads(json.dumps(report))
     report.pop("created")
     report["clean"].pop("seconds")
-    for row in report["results"]:
+    for row in report["results"] + report.get("patches", []) + report.get("corruptions", {}).get("results", []):
         row.pop("seconds")
+    for entry in report.get("fitted", []):
+        entry.pop("seconds")
     return report

@@ -60,6 +60,25 @@ def test_two_gloo_processes_write_the_single_process_report(single_run, tmp_path
     assert any("rank0" in p for p in stored) and any("rank1" in p for p in stored), "each rank wrote its batches"
 
 
+def test_fitted_attacks_and_corruptions_under_two_gloo_processes(single_run, tmp_path):
+    """Rank 0 fits the universal perturbation and patch on the (unsharded) validation split and sends them; the
+    corruption cells are seeded per sample: the report equals the single-process one."""
+    checkpoint = single_run[0]
+    extra = ["--attacks", "fgsm,uap,patch", "--eps", "8/255", "--patch-sizes", "0.05", "--fit-samples", "8"]
+    extra += ["--corruptions", "gaussian_noise,bias_field"]
+    assert main(_arguments(checkpoint, tmp_path / "single", extra=extra)) == 0
+    single = json.loads((tmp_path / "single" / "model.json").read_text())
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai_adv"]
+    # the same batch size: the fit's stochastic steps follow the fit data's batches (the shards differ anyway)
+    command = launcher + _arguments(checkpoint, tmp_path / "ddp", extra=extra)
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    assert {r["threat_model"] for r in report["results"]} == {"per-image", "universal", "worst-case"}
+    assert len(report["patches"]) == 1 and len(report["corruptions"]["results"]) == 10
+    assert comparable_report(report) == comparable_report(single)
+
+
 def test_a_killed_evaluation_resumes_to_the_same_report(single_run, tmp_path):
     checkpoint, single = single_run
     out = tmp_path / "killed"

@@ -199,3 +199,36 @@ def test_command_line_writes_every_family_with_its_figures(tmp_path, capsys):
     bad = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--corruptions", "fog", "--samples", "2"]
     assert main(bad + ["--out", str(tmp_path / "bad"), "--no-progress"]) == 1
     assert "`corruptions` has an unknown name 'fog'" in capsys.readouterr().err
+
+
+def test_3d_segmentation_reports_dice_for_every_family():
+    from tests.models import TinySegmenter
+
+    torch.manual_seed(0)
+    segmenter = TinySegmenter(3, 1, 2, width=4)
+    x = torch.rand(6, 1, 12, 12, 12)
+    labels = (x > 0.5).long()
+    batches = [{"image": x[i : i + 3], "label": labels[i : i + 3]} for i in (0, 3)]
+    suite = ["fgsm", {"attack": "uap", "epochs": 1}, {"attack": "patch", "epochs": 1}]
+    evaluator = RobustnessEvaluator(
+        "cpu",
+        batches,
+        segmenter,
+        suite,
+        [4 / 255],
+        fit_data_loader=batches[:1],
+        patch_sizes=[0.1],
+        check=False,
+        corruptions=["gaussian_blur", "low_resolution"],
+        corruption_severities=[1, 5],
+        task="segmentation",
+    )
+    evaluator.run()
+    report = evaluator.report()
+    validate_report(report)
+    assert report["primary_metric"] == "dice" and evaluator.fitted[("uap", 4 / 255)].shape == (1, 12, 12, 12)
+    assert evaluator.fitted[("patch", 0.1)].shape == (1, 6, 6, 6)  # round((0.1 * 12**3) ** (1/3)) = round(5.57)
+    assert "dice" in report["patches"][0]["metrics"] and "dice" in report["corruptions"]["mean"]
+    uap = next(r for r in report["results"] if r["attack"] == "uap")
+    assert "fooling_rate" not in uap  # segmentation has no predicted class to change: Dice and success rate
+    assert "dice" in threat_tables(report)

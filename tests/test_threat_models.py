@@ -232,3 +232,34 @@ def test_3d_segmentation_reports_dice_for_every_family():
     uap = next(r for r in report["results"] if r["attack"] == "uap")
     assert "fooling_rate" not in uap  # segmentation has no predicted class to change: Dice and success rate
     assert "dice" in threat_tables(report)
+
+
+def test_each_run_fits_anew_and_unplaced_patches_are_said(trained_bars, data):
+    import copy
+
+    loader, fit, _, _ = data
+    model = copy.deepcopy(trained_bars[0])
+    evaluator = _evaluator(model, loader, fit, attacks=[{"attack": "uap", "epochs": 1}], eps=[8 / 255])
+    evaluator.run()
+    first = evaluator.fitted[("uap", 8 / 255)].clone()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-1.0)
+    evaluator.run()  # the weights changed: the perturbation is fitted again, once
+    assert not torch.equal(first, evaluator.fitted[("uap", 8 / 255)]) and len(evaluator.report()["fitted"]) == 1
+    # a region of interest hugging the border leaves no admissible window centre for a 6-voxel patch
+    roi = torch.zeros(16, 1, 16, 16)
+    roi[..., 0, :] = 1
+    masked = [{**b, "roi": roi[: len(b["label"])]} for b in loader]
+    masked_fit = [{**b, "roi": roi[: len(b["label"])]} for b in fit]
+    patched = _evaluator(
+        trained_bars[0], masked, masked_fit, attacks=[{"attack": "patch", "epochs": 1}], patch_sizes=[6], mask_key="roi"
+    )
+    patched.run()
+    report = patched.report()
+    assert any("had no window whose centre lies inside the region of interest" in n for n in report["notes"])
+    assert report["patches"][0]["metrics"]["accuracy"] == report["clean"]["accuracy"]
+    with pytest.raises(ValueError, match="1.0 is the whole image"):
+        _evaluator(model, loader, fit, attacks=["patch"], patch_sizes=[0.1, 1.0])
+    with pytest.raises(ValueError, match="`corruption_severities`"):
+        _evaluator(model, loader, fit, attacks=["fgsm"], corruptions="all", corruption_severities=[1.0])

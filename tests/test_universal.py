@@ -119,7 +119,7 @@ def test_l2_and_targeted_uap(trained_bars):
     clean = model(x_test).argmax(1)
     assert float((predicted == 0).float().mean()) > float((clean == 0).float().mean())
     result = targeted.perturb(x_test, y_test)
-    assert torch.equal(result.success, predicted == 0)
+    assert torch.equal(result.success, (predicted == 0) & (y_test != 0))  # images of class 0 are no success
 
 
 def test_segmentation_and_3d():
@@ -190,3 +190,26 @@ def test_apply_perturbation_transform_equals_the_attack(tmp_path):
         ApplyPerturbation(tmp_path / "missing.pt")
     with pytest.raises(KeyError, match="`mask_key`"):
         ApplyPerturbationd("image", delta, mask_key="roi")({"image": x[0]})
+
+
+def test_outside_the_mask_nothing_changes_even_out_of_range_and_targeted_success_needs_a_change():
+    x = torch.tensor([[[[1.5, -0.4], [0.5, 0.5]]]])
+    mask = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])
+    out = apply_perturbation(x, torch.full((1, 2, 2), 0.7), mask, (0.0, 1.0))
+    assert torch.equal(out[mask == 0], x[mask == 0]) and torch.equal(out[mask == 1], torch.ones(2))
+    model = TinyClassifier(2, 1, 3, width=4)
+    images = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    tiny = UniversalPerturbation(model, eps=1e-6, target_class=0, perturbation=torch.zeros(1, 8, 8))
+    result = tiny.perturb(images, predicted)  # right and already of class 0 where predicted == 0: no success
+    assert not bool(result.success.any())
+    with pytest.raises(ValueError, match="`target_class` pushes every image to one class"):
+        tiny.perturb(images, torch.zeros(4, 1, 8, 8, dtype=torch.long))
+
+
+def test_bfloat16_network_fits():
+    model = TinyClassifier(2, 1, 3, width=4).to(torch.bfloat16)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    delta = UniversalPerturbation(model, eps=0.1, epochs=1).fit(_loader(x, y, 2))
+    assert delta.shape == (1, 8, 8) and float(delta.abs().max()) <= 0.1 + 1e-6

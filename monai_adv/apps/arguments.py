@@ -72,7 +72,7 @@ def parse_eps(text: str, value_range: Optional[Sequence[float]] = (0.0, 1.0)) ->
 
 
 def parse_patch_sizes(text: str) -> List[float]:
-    """Patch sizes from "0.01,0.05" (fractions of the image area, or volume in 3D, in (0, 1]) or "8,16" (sides in
+    """Patch sizes from "0.01,0.05" (fractions of the image area, or volume in 3D, in (0, 1)) or "8,16" (sides in
     voxels, whole numbers >= 1), each given once."""
     sizes: List[float] = []
     for part in (p.strip() for p in text.split(",")):
@@ -83,9 +83,9 @@ def parse_patch_sizes(text: str) -> List[float]:
                 f"--patch-sizes: expected fractions of the image such as '0.01,0.05' or sides in voxels such as "
                 f"'8,16', got {text!r}"
             ) from None
-        valid = size >= 1 if isinstance(size, int) else math.isfinite(size) and 0 < size <= 1
+        valid = size >= 1 if isinstance(size, int) else math.isfinite(size) and 0 < size < 1
         if not valid:
-            raise CommandError(f"--patch-sizes: {part} is neither a fraction in (0, 1] nor a side >= 1 in voxels")
+            raise CommandError(f"--patch-sizes: {part} is neither a fraction in (0, 1) nor a side >= 1 in voxels")
         if size in sizes:
             raise CommandError(f"--patch-sizes: {part} is given twice")
         sizes.append(size)

@@ -220,6 +220,8 @@ def _fit_loader(
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e
     if not any(issubclass(attack_class(spec.attack), FittedAttack) for spec in specs):
+        if fit_data is not None or fit_samples is not None:
+            raise CommandError("--fit-data/--fit-samples: the suite has no fitted attack (uap, patch) to fit")
         return None, None
     kind = data.partition(":")[0]
     if fit_data is None and kind not in ("demo", "demo3d", "medmnist"):
@@ -231,4 +233,4 @@ def _fit_loader(
     if len(dataset) == 0:
         raise CommandError(f"--fit-data {spec}: no samples")
     name = f"{spec} (val split)" if spec.partition(":")[0] in ("demo", "demo3d", "medmnist") else spec
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False), name
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False), f"{name}, {len(dataset)} samples"

@@ -558,10 +558,18 @@ class UniversalPatch(_Placement, FittedAttack):
                 f"The fitted patch {tuple(patch.shape)} does not fit images {tuple(x.shape[1:])}: it needs the same "
                 "channels and spatial dims, and a side no larger than the image."
             )
+        if isinstance(self.size, float) and patch_side(self.size, spatial) != side:
+            raise ValueError(
+                f"The patch was fitted with side {side} for `size`={self.size} of the fit images, but covers "
+                f"{self.size:g} of images {tuple(spatial)} only with side {patch_side(self.size, spatial)}: apply it "
+                "to images of the fit data's size, or give `size` as a side in voxels."
+            )
         idx = torch.arange(x.shape[0], device=x.device)
         corners = self._corners(spatial, side, state.mask, self.generators(state, idx, 0), x.device)
         x_adv = apply_patch(x, patch, corners, _region(state.mask))
         loss, success = self.query(state, x_adv, idx)
+        if state.objective.targeted and state.objective.task == "classification":
+            success = success & (state.objective.labels != state.objective.targets)  # already the target: no success
         placed = (corners >= 0).all(dim=1)
         if state.clean_success is not None:  # an image left unchanged keeps its clean outcome
             success = torch.where(placed, success, state.clean_success)
@@ -609,7 +617,7 @@ class UniversalPatch(_Placement, FittedAttack):
         if self.location != "random":
             return _fixed_corners(self.location, spatial, side, x.shape[0], x.device)
         uniforms = torch.rand((x.shape[0], len(spatial)), generator=generator, dtype=torch.float64)
-        return draw_corners(spatial, side, uniforms.to(x.device), _centre_region(mask))
+        return draw_corners(spatial, side, uniforms.to(device=x.device, dtype=_wide(x.device)), _centre_region(mask))
 
     def _chunks_of(self, n: int) -> List[slice]:
         size = n if self.max_batch is None else self.max_batch

@@ -15,6 +15,7 @@ import torch
 
 from monai_adv.attacks.base import AttackResult, AttackState
 from monai_adv.attacks.fitted import FitBatch, FittedAttack
+from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.projections import clip_to_range
 from monai_adv.attacks.validation import check_positive
 
@@ -27,15 +28,17 @@ def apply_perturbation(
     mask: Optional[torch.Tensor] = None,
     value_range: Optional[Tuple[float, float]] = None,
 ) -> torch.Tensor:
-    """``x + perturbation`` (broadcast over the batch), only where ``mask`` is non-zero, clipped to ``value_range``.
+    """``x + perturbation`` (broadcast over the batch), only where ``mask`` is non-zero, clipped to ``value_range``
+    there (voxels outside the mask are returned as they are).
 
     The perturbation is the same for every image; clipping to the range may shorten it on a given image, never
     lengthen it, so every image stays within the perturbation's norm of its clean version.
     """
     delta = perturbation.to(device=x.device, dtype=x.dtype)
-    if mask is not None:
-        delta = delta * (mask != 0).to(x.dtype)
-    return clip_to_range(x + delta, value_range)
+    if mask is None:
+        return clip_to_range(x + delta, value_range)
+    inside = mask != 0
+    return torch.where(inside, clip_to_range(x + delta * inside.to(x.dtype), value_range), x)  # outside: x as it is
 
 
 class UniversalPerturbation(FittedAttack):
@@ -104,14 +107,25 @@ class UniversalPerturbation(FittedAttack):
     def _norm(self, delta: torch.Tensor) -> float:
         return float(delta.abs().max()) if self.norm == "Linf" else float(delta.double().norm())
 
-    def _targets(self, n: int, device: torch.device) -> Optional[torch.Tensor]:
-        return None if self.target_class is None else torch.full((n,), self.target_class, device=device)
+    def _targets(self, n: int, device: torch.device, y: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        if self.target_class is None:
+            return None
+        if y is not None and torch.as_tensor(y).ndim != 1:
+            raise ValueError(
+                "`target_class` pushes every image to one class: it takes class-index labels (N,) of classification, "
+                f"got labels of shape {tuple(torch.as_tensor(y).shape)}."
+            )
+        return torch.full((n,), self.target_class, device=device)
+
+    def _call(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """The model on ``x_adv`` in the network's dtype (a float16/bfloat16 network takes its own dtype)."""
+        return self.call_model(x_adv.to(model_dtype(self.model) or x_adv.dtype))
 
     def _attack(self, x, y, mask, target, loss_mask, need_clean: bool) -> AttackResult:
         if target is not None:
             raise ValueError("UniversalPerturbation takes its target as `target_class` when built, not at the call.")
         if self.target_class is not None:
-            target = self._targets(int(torch.as_tensor(x).shape[0]), torch.as_tensor(x).device)
+            target = self._targets(int(torch.as_tensor(x).shape[0]), torch.as_tensor(x).device, torch.as_tensor(y))
         return super()._attack(x, y, mask, target, loss_mask, need_clean)
 
     # ---- fit --------------------------------------------------------------------------------------------------
@@ -140,8 +154,8 @@ class UniversalPerturbation(FittedAttack):
         for rows in self._rows(x.shape[0]):
             d = delta.detach().requires_grad_(True)
             x_adv = apply_perturbation(x[rows], d, None if mask is None else mask[rows], self.value_range)
-            logits = self.call_model(x_adv)
-            objective = self.batch_objective(logits, y[rows], self._targets(x_adv.shape[0], x.device))
+            logits = self._call(x_adv)
+            objective = self.batch_objective(logits, y[rows], self._targets(x_adv.shape[0], x.device, y))
             loss = objective.loss(logits, slice(None))
             if objective.task != "segmentation":  # fooled samples stop pulling: the step serves the others
                 loss = loss * (~objective.success(logits.detach(), slice(None))).to(loss.dtype)
@@ -168,8 +182,8 @@ class UniversalPerturbation(FittedAttack):
         for x, y, mask in batches():
             for rows in self._rows(x.shape[0]):
                 x_adv = apply_perturbation(x[rows], delta, None if mask is None else mask[rows], self.value_range)
-                logits = self.call_model(x_adv)
-                objective = self.batch_objective(logits, y[rows], self._targets(x_adv.shape[0], x.device))
+                logits = self._call(x_adv)
+                objective = self.batch_objective(logits, y[rows], self._targets(x_adv.shape[0], x.device, y))
                 total += float(objective.loss(logits, slice(None)).double().sum())
                 if objective.task != "segmentation":
                     fooled += float(objective.success(logits, slice(None)).sum())
@@ -191,4 +205,6 @@ class UniversalPerturbation(FittedAttack):
         x_adv = apply_perturbation(state.x, delta, state.mask, self.value_range)
         idx = torch.arange(state.x.shape[0], device=state.x.device)
         loss, success = self.query(state, x_adv, idx)
+        if state.objective.targeted:  # an image already of the target class is no success of the perturbation
+            success = success & (state.objective.labels != state.objective.targets)
         return state.result(x_adv, success, loss)

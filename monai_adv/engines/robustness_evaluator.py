@@ -462,11 +462,18 @@ class RobustnessEvaluator(SupervisedEvaluator):
         return [key for key, attack in self._attacks.items() if isinstance(attack, FittedAttack)]
 
     def _fit_attacks(self) -> None:
-        """The fit phase: fit each fitted attack of the suite at each budget (or size) once, before the first batch.
+        """The fit phase of each run: fit each fitted attack of the suite at each budget (or size), before the first
+        batch, on the network as it is now (a later run fits again: the weights may have changed).
 
-        Tensors stored in ``progress_dir`` by an earlier run with the same settings are applied as they are; under
-        torchrun rank 0 fits and sends the tensors to the other ranks."""
-        keys = [key for key in self._fitted_keys() if key not in self._fitted]
+        Tensors stored in ``progress_dir`` by an earlier run with the same settings are applied as they are. Under
+        torchrun every rank fits (on the same, unsharded fit data: a fit that fails, fails on every rank, so none is
+        left waiting), then rank 0's tensors are sent to all, so that every rank applies the same ones."""
+        self._fitted.clear()
+        self.fit_info = []
+        keys = self._fitted_keys()
+        for key in keys:
+            self._attacks[key].fitted = None
+        keys = [key for key in keys if not (self._attacks[key].budget == "eps" and key[1] == 0)]  # eps 0: unchanged
         if not keys:
             return
         stored = self.progress.fitted() if self.progress is not None else {}
@@ -476,7 +483,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             attack = self._attacks[key]
             if label in stored:
                 fitted[label] = stored[label]
-            elif self._rank() == 0:
+            else:
                 loader = self.data_loader if self.fit_data_loader is None else self.fit_data_loader
                 start = time.perf_counter()
                 tensor = attack.fit(
@@ -490,7 +497,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
                     "data": "evaluation data" if self.fit_data_loader is None else "fit_data_loader",
                 }
                 fitted[label] = {"tensor": tensor.detach().cpu(), "info": info}
-        if self._distributed():
+        if self._distributed():  # every rank has fitted: a short collective, rank 0's tensors for all
             shared = [fitted]
             dist.broadcast_object_list(shared, src=0)
             fitted = shared[0]
@@ -592,7 +599,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         clean_rows = results.clean.add(clean_logits, labels, clean, clean, None, 0.0, 0, index=index, extra=extra)
         batch_cells: List[CellRows] = [[None, None, clean_rows]]
         output = {"image": inputs, "label": targets, "pred": clean_logits}
-        for eps in engine.eps_values:
+        if not engine.eps_specs:  # only patches and corruptions: the figures show the clean samples
+            engine._keep_examples(inputs, targets, clean, (inputs.as_subclass(torch.Tensor), clean_logits, clean))
+        for eps in engine.eps_values if engine.eps_specs else ():
             adversarial: List[Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]] = []
             any_success: Optional[torch.Tensor] = None
             for spec in engine.eps_specs:
@@ -704,7 +713,13 @@ class RobustnessEvaluator(SupervisedEvaluator):
         success = success.to(device=outcome.correct.device, dtype=torch.bool)
         queries = self.query_counter.count if attack is not None else 0  # corruptions query no model
         norms = perturbation_norms(inputs, x_new)
-        rows = results.cell(name, budget).add(logits, labels, outcome, clean, norms, seconds, queries, success, index)
+        extra = None
+        if result is not None and isinstance(result.details.get("location"), torch.Tensor):
+            # a sample without an admissible window (its mask too close to the border) is left unchanged
+            extra = {"unplaced": (result.details["location"] < 0).all(dim=1).cpu()}
+        rows = results.cell(name, budget).add(
+            logits, labels, outcome, clean, norms, seconds, queries, success, index, extra
+        )
         return [name, budget, rows]
 
     def _rank(self) -> int:
@@ -843,13 +858,26 @@ class RobustnessEvaluator(SupervisedEvaluator):
         )
 
     def _fit_notes(self) -> List[str]:
-        if not self.fit_info or self.fit_data_loader is not None:
-            return []
-        names = sorted({entry["attack"] for entry in self.fit_info})
-        return [
-            f"{', '.join(names)}: fitted on the evaluation data itself (no `fit_data_loader`), so the numbers measure "
-            "the perturbation on the images it was fitted to, not its transfer to unseen images."
-        ]
+        """Notes on the families beyond the eps-ball: fitted on the evaluation data, patches left unplaced."""
+        notes = []
+        if self.fit_info and self.fit_data_loader is None:
+            names = sorted({entry["attack"] for entry in self.fit_info})
+            notes.append(
+                f"{', '.join(names)}: fitted on the evaluation data itself (no `fit_data_loader`), so the numbers "
+                "measure the perturbation on the images it was fitted to, not its transfer to unseen images."
+            )
+        from monai_adv.attacks.patch import size_label
+
+        for name, size, cell in self.results.patch_rows():
+            rows = cell.rows()
+            if "unplaced" in rows:
+                unplaced = int((rows["unplaced"].bool() & rows["eligible"].bool()).sum())
+                if unplaced:
+                    notes.append(
+                        f"{name} at {size_label(size)}: {unplaced} eligible sample(s) had no window whose centre lies "
+                        "inside the region of interest and were left unchanged (counted as not broken)."
+                    )
+        return notes
 
 
 class _PreparedBatches:
@@ -889,6 +917,10 @@ def _check_patch_sizes(sizes: Sequence[Union[int, float]]) -> List[Union[int, fl
         raise ValueError(f"`patch_sizes` must be a non-empty list of patch sizes, e.g. [0.02, 0.05], got {sizes!r}.")
     for size in sizes:
         patch_side(size, (10**6,))  # the form only: ints >= 1 or fractions in (0, 1]
+        if isinstance(size, float) and size == 1.0:
+            raise ValueError(
+                "`patch_sizes`: 1.0 is the whole image, not a patch; give fractions below 1 or sides in voxels (ints)."
+            )
     if len(set(sizes)) != len(sizes):
         raise ValueError(f"`patch_sizes` must be distinct, got {list(sizes)}.")
     return list(sizes)
@@ -897,9 +929,8 @@ def _check_patch_sizes(sizes: Sequence[Union[int, float]]) -> List[Union[int, fl
 def _check_severities(severities: Sequence[int]) -> List[int]:
     if isinstance(severities, int) or not isinstance(severities, Sequence) or not severities:
         raise ValueError(f"`corruption_severities` must be a non-empty list of severities 1-5, got {severities!r}.")
-    if any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in severities) or len(set(severities)) != len(
-        severities
-    ):
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5 for v in severities)
+    if not valid or len(set(severities)) != len(severities):
         raise ValueError(f"`corruption_severities` must be distinct integers from 1 to 5, got {list(severities)}.")
     return sorted(severities)
 

@@ -128,10 +128,15 @@ class FittedAttack(Attack):
         self.fit_samples = seen
 
     def batch_objective(
-        self, logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None
+        self,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        target: Optional[torch.Tensor] = None,
+        clean_logits: Optional[torch.Tensor] = None,
     ) -> Objective:
         """The objective of a fit batch, from the logits at the current (perturbed) input: the task, labels and loss
-        are resolved as the attack resolves them on a call (no clean logits: losses that need them are refused)."""
+        are resolved as the attack resolves them on a call. Without ``clean_logits`` the losses that read them and
+        the segmentation goal (relative to the clean Dice) are not available."""
         detached = check_logits(logits.detach(), "the fit batch")
         task = infer_task(self.task, detached, y)
         labels = prepare_labels(task, y, detached, "y")
@@ -141,7 +146,7 @@ class FittedAttack(Attack):
             task,
             labels,
             targets,
-            None,
+            None if clean_logits is None else clean_logits.detach(),
             loss=loss,
             kappa=self.kappa,
             seg_success_ratio=self.seg_success_ratio,

@@ -36,7 +36,7 @@ from monai_adv.attacks.fitted import FitBatch, FittedAttack
 from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.objective import Objective
 from monai_adv.attacks.seeding import resolve_seed
-from monai_adv.attacks.tasks import infer_task, prepare_labels
+from monai_adv.attacks.tasks import infer_task
 from monai_adv.attacks.validation import check_int, check_positive, check_value_range
 
 __all__ = [
@@ -669,19 +669,5 @@ class UniversalPatch(_Placement, FittedAttack):
         """The objective at the patched logits; for segmentation, whose goal is relative to the clean Dice, built
         with the clean logits (one more forward pass)."""
         target = self._target(logits, y)
-        task = infer_task(self.task, logits, y)
-        if task != "segmentation":
-            return self.batch_objective(logits, y, target)
-        clean = self.call_model(x)
-        loss, _ = self._objective_loss(logits.shape[1])
-        return self.objective(
-            task,
-            prepare_labels(task, y, logits, "y"),
-            None if target is None else prepare_labels(task, target, logits, "target"),
-            clean,
-            loss=loss,
-            kappa=self.kappa,
-            seg_success_ratio=self.seg_success_ratio,
-            loss_kwargs=self.loss_kwargs,
-            num_classes=logits.shape[1],
-        )
+        clean = self.call_model(x) if infer_task(self.task, logits, y) == "segmentation" else None
+        return self.batch_objective(logits, y, target, clean)

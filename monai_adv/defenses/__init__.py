@@ -8,23 +8,46 @@
 augmentation and SmoothAdv for randomized smoothing."""
 
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
+from monai_adv.defenses.purification import Purified, evaluate_purification, purification_attack_models, train_denoiser
+from monai_adv.defenses.purifiers import (
+    BitDepthReduction,
+    GaussianNoisePurifier,
+    GaussianSmoothing,
+    LearnedDenoiser,
+    MedianSmoothing,
+    Purifier,
+    available_purifiers,
+    make_purifier,
+)
 from monai_adv.defenses.registry import available_defenses, defense_class, make_defense
 from monai_adv.defenses.smoothadv import SmoothAdv, SmoothedSoftClassifier
 from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = [
+    "BitDepthReduction",
     "Defense",
     "FastAT",
     "GaussianAugmentation",
+    "GaussianNoisePurifier",
+    "GaussianSmoothing",
     "HAT",
+    "LearnedDenoiser",
     "MART",
+    "MedianSmoothing",
     "NaturalTraining",
     "PGDAT",
+    "Purified",
+    "Purifier",
     "SmoothAdv",
     "SmoothedSoftClassifier",
     "TRADES",
     "available_defenses",
+    "available_purifiers",
     "defense_class",
+    "evaluate_purification",
     "make_defense",
+    "make_purifier",
+    "purification_attack_models",
     "survey_step",
+    "train_denoiser",
 ]

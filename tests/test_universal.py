@@ -93,15 +93,15 @@ def test_max_batch_gives_the_same_fit():
 def test_uap_beats_random_noise_of_the_same_norm_on_a_trained_model(trained_bars):
     model, x_test, y_test = trained_bars
     x_fit, y_fit = bars_dataset(256, seed=2)
-    eps = 16 / 255
-    attack = make_attack("uap", model, eps=eps, epochs=4)
+    eps = 32 / 255  # the trained model differs slightly with the thread count: a budget where the gap is wide
+    attack = make_attack("uap", model, eps=eps, epochs=10)
     delta = attack.fit(_loader(x_fit, y_fit, 64))
     uap_accuracy = accuracy(model, attack(x_test, y_test), y_test)
     generator = torch.Generator().manual_seed(0)
     noise = (torch.randint(0, 2, delta.shape, generator=generator) * 2 - 1).float() * eps  # a corner of the ball
     noise_accuracy = accuracy(model, (x_test + noise).clamp(0, 1), y_test)
-    assert accuracy(model, x_test, y_test) >= 0.95 and noise_accuracy >= 0.9
-    assert uap_accuracy < noise_accuracy - 0.2, (uap_accuracy, noise_accuracy)
+    assert accuracy(model, x_test, y_test) >= 0.95 and noise_accuracy >= 0.85
+    assert uap_accuracy < noise_accuracy - 0.3, (uap_accuracy, noise_accuracy)  # 0.39 / 0.27 vs 0.94 (1 / 2 threads)
     result = attack.perturb(x_test, y_test)
     assert torch.equal(result.success, model(result.x_adv).argmax(1) != y_test)
 

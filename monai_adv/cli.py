@@ -327,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     benchmark.add_argument("--data", default="demo", help="demo, or medmnist:FILE.npz (classification)")
     benchmark.add_argument("--tasks", default="classification,segmentation")
-    benchmark.add_argument("--methods", default="nat,pgd_at,trades,mart,hat")
+    benchmark.add_argument(
+        "--methods",
+        default="nat,pgd_at,trades,mart,hat",
+        help="training methods, comma-separated: nat, pgd_at, fast_at, n_fgsm, free_at, trades, mart, hat, awp "
+        "(methods a task does not support are skipped)",
+    )
     benchmark.add_argument("--eps", default=DEFAULT_EPS, help=f"budgets (default {DEFAULT_EPS})")
     benchmark.add_argument("--attacks", help="classification suite (default fgsm,pgd-20,cw-30,autoattack)")
     benchmark.add_argument("--epochs", type=int, default=6)

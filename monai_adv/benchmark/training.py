@@ -4,7 +4,8 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Train a network with a defense (NAT, PGD-AT, fast-AT, TRADES, MART, HAT) through RobustTrainer."""
+"""Train a network with a defense (NAT, PGD-AT, fast-AT, N-FGSM, free-AT, TRADES, MART, HAT, AWP) through
+RobustTrainer."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ Events, _ = optional_import("ignite.engine", name="Events")
 
 __all__ = ["TRAINING_METHODS", "train_with_defense"]
 
-#: the survey's training methods, by the names :func:`monai_adv.defenses.make_defense` knows
-TRAINING_METHODS = ("nat", "pgd_at", "fast_at", "trades", "mart", "hat")
+#: the survey's training methods, by the names :func:`monai_adv.defenses.make_defense` knows; "free_at" replays
+#: every batch 4 times (four optimizer steps per batch) for the same number of epochs as the others
+TRAINING_METHODS = ("nat", "pgd_at", "fast_at", "n_fgsm", "free_at", "trades", "mart", "hat", "awp")
 
 
 def train_with_defense(
@@ -49,7 +51,8 @@ def train_with_defense(
 
     Args:
         network: the network to train.
-        method: "nat", "pgd_at", "fast_at", "trades", "mart" or "hat".
+        method: one of :data:`TRAINING_METHODS`: "nat", "pgd_at", "fast_at", "n_fgsm", "free_at", "trades", "mart",
+            "hat" or "awp".
         train_data: a dataset of dicts with "image" and "label".
         eps: the training budget (ignored by "nat"); PGD-based defenses use 10 steps of the survey's step.
         epochs, batch_size, learning_rate: Adam optimisation.
@@ -65,7 +68,7 @@ def train_with_defense(
     kwargs: Dict[str, Any] = dict(defense_kwargs or {})
     if key != "nat":
         kwargs.setdefault("eps", eps)
-    if key in ("pgd_at", "trades", "mart", "hat"):
+    if key in ("pgd_at", "trades", "mart", "hat", "awp"):
         kwargs.setdefault("steps", 10)
     if key == "hat":
         if helper is None:

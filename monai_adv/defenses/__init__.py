@@ -4,9 +4,11 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""Training objectives: adversarial (NAT, PGD-AT, fast-AT, TRADES, MART, HAT), built on the attacks, and Gaussian
-augmentation and SmoothAdv for randomized smoothing."""
+"""Training objectives: adversarial (NAT, PGD-AT, fast-AT, N-FGSM, free-AT, TRADES, MART, HAT, AWP), built on the
+attacks, and Gaussian augmentation and SmoothAdv for randomized smoothing."""
 
+from monai_adv.defenses.awp import AWP
+from monai_adv.defenses.free import FreeAT
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
 from monai_adv.defenses.purification import Purified, evaluate_purification, purification_attack_models, train_denoiser
 from monai_adv.defenses.purifiers import (
@@ -20,13 +22,16 @@ from monai_adv.defenses.purifiers import (
     make_purifier,
 )
 from monai_adv.defenses.registry import available_defenses, defense_class, make_defense
+from monai_adv.defenses.single_step import NFGSM
 from monai_adv.defenses.smoothadv import SmoothAdv, SmoothedSoftClassifier
 from monai_adv.defenses.smoothing import GaussianAugmentation
 
 __all__ = [
+    "AWP",
     "BitDepthReduction",
     "Defense",
     "FastAT",
+    "FreeAT",
     "GaussianAugmentation",
     "GaussianNoisePurifier",
     "GaussianSmoothing",
@@ -34,6 +39,7 @@ __all__ = [
     "LearnedDenoiser",
     "MART",
     "MedianSmoothing",
+    "NFGSM",
     "NaturalTraining",
     "PGDAT",
     "Purified",

@@ -60,10 +60,17 @@ class Defense:
         value_range: ``(lo, hi)`` of the images, or None.
         task: "auto", "classification", "multilabel" or "segmentation".
         loss: the training (and attack) loss: "ce" (cross-entropy; BCE for multi-label) or "dice" (segmentation).
+
+    A defense may train on each minibatch several times: :class:`~monai_adv.engines.RobustTrainer` runs the loss,
+    the backward pass and the optimizer step ``replays`` times on the same batch (1 for every defense but free
+    adversarial training, :class:`~monai_adv.defenses.FreeAT`) and calls :meth:`after_backward` after each
+    backward pass.
     """
 
     name = "defense"
     tasks: Sequence[str] = TASKS
+    #: optimizer steps per minibatch: RobustTrainer replays each batch this many times
+    replays: int = 1
 
     def __init__(
         self,
@@ -125,6 +132,11 @@ class Defense:
 
     def objective(self, network, inputs, targets) -> Tuple[torch.Tensor, Outputs]:
         raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Called by :class:`~monai_adv.engines.RobustTrainer` after each backward pass of the loss (before the
+        optimizer step), for defenses that read the gradients of that pass (e.g. :class:`~monai_adv.defenses.FreeAT`
+        updates its perturbation from the input gradient). Nothing by default."""
 
     # ---- helpers ----
     def _criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

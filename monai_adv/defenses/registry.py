@@ -11,7 +11,10 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, Sequence, Tuple, Type
 
+from monai_adv.defenses.awp import AWP
+from monai_adv.defenses.free import FreeAT
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining
+from monai_adv.defenses.single_step import NFGSM
 from monai_adv.defenses.smoothadv import SmoothAdv
 from monai_adv.defenses.smoothing import GaussianAugmentation
 
@@ -26,6 +29,9 @@ _DEFENSES: Dict[str, Type[Defense]] = {
     "hat": HAT,
     "gaussian_aug": GaussianAugmentation,
     "smoothadv": SmoothAdv,
+    "n_fgsm": NFGSM,
+    "free_at": FreeAT,
+    "awp": AWP,
 }
 _CALL_ARGUMENTS = frozenset(inspect.signature(Defense.__call__).parameters) - {"self"}
 

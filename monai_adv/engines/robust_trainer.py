@@ -20,6 +20,7 @@ from torch import nn
 from monai_adv.attacks import InfererModel, model_state_guard
 from monai_adv.attacks.guard import model_dtype
 from monai_adv.attacks.tasks import infer_task, predict, prepare_labels
+from monai_adv.attacks.validation import check_int
 from monai_adv.defenses import Defense, make_defense
 
 __all__ = ["RobustTrainer", "NetworkCall"]
@@ -97,6 +98,17 @@ class RobustTrainer(SupervisedTrainer):
     ``prepare_batch`` may return as ``batch[2]`` and ``batch[3]`` (``inferer(x, network, *args, **kwargs)``),
     both in the defense's training attack and in its loss.
 
+    A defense whose ``replays`` is m > 1 (free adversarial training, :class:`~monai_adv.defenses.FreeAT`) trains
+    on each batch m times in a row: each replay is one call of the defense, one backward pass, a call of the
+    defense's ``after_backward()`` hook (where FreeAT updates its input perturbation from that backward pass) and
+    one optimizer step (through the grad scaler with ``amp=True``). Each replay is then an inner iteration, as in
+    MONAI's interactive trainers: it fires ``INNER_ITERATION_STARTED``, FORWARD_COMPLETED, LOSS_COMPLETED,
+    BACKWARD_COMPLETED, MODEL_COMPLETED and ``INNER_ITERATION_COMPLETED`` (each m times per iteration;
+    ``Events.ITERATION_COMPLETED`` once), each replay's ``engine.state.output`` is a new dict, and the iteration
+    ends with the last replay's. Every replay of an iteration gets the same ``seed``; with ``clean_accuracy=True``
+    each replay runs its own clean pass. ``max_epochs`` counts passes over the data, not optimizer steps: divide
+    it by m for the cost of ``max_epochs`` epochs of another defense.
+
     ``seed`` (an int) makes the defense's own random draws (the training attack's random start) a function of
     ``seed`` and the iteration count, so a run killed and resumed from MONAI's ``CheckpointLoader`` (saving the
     network, the optimizer and the trainer, whose state holds the iteration count) ends with the same weights as
@@ -156,8 +168,20 @@ class RobustTrainer(SupervisedTrainer):
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
         args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         model = self._model(engine, args, kwargs)
+        replays = check_int(engine.defense.replays, "replays")
+        engine.network.train()
+        for _ in range(replays):
+            if replays > 1:
+                engine.fire_event(IterationEvents.INNER_ITERATION_STARTED)
+            self._replay(engine, model, inputs, targets)
+            if replays > 1:
+                engine.fire_event(IterationEvents.INNER_ITERATION_COMPLETED)
+        return engine.state.output
+
+    def _replay(self, engine: RobustTrainer, model: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One loss, backward pass and optimizer step on the batch, with the IterationEvents and the outputs."""
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         def _compute_loss():
             loss, outputs = engine.defense(model, inputs, targets, seed=self._iteration_seed(engine))
@@ -169,18 +193,19 @@ class RobustTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             return outputs
 
-        engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         if engine.amp and engine.scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):
                 outputs = _compute_loss()
             engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
+            engine.defense.after_backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
         else:
             outputs = _compute_loss()
             engine.state.output[Keys.LOSS].backward()
+            engine.defense.after_backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         clean = outputs["clean"]
@@ -191,4 +216,3 @@ class RobustTrainer(SupervisedTrainer):
         engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets, task)
         engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets, task)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output

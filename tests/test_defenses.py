@@ -103,14 +103,14 @@ def test_survey_defaults():
     defense = make_defense("pgd_at")
     assert defense.steps == 10 and defense.eps == 8 / 255 and defense.alpha == pytest.approx(2 / 255)
     assert make_defense("fast_at", eps=8 / 255).alpha == pytest.approx(10 / 255)
-    adversarial = {"nat", "pgd_at", "fast_at", "trades", "mart", "hat"}
+    adversarial = {"nat", "pgd_at", "fast_at", "trades", "mart", "hat", "n_fgsm", "free_at", "awp"}
     assert set(available_defenses()) == adversarial | {"gaussian_aug", "smoothadv"}
 
 
 def test_bad_input(problem):
     net, x, y = problem
     with pytest.raises(ValueError, match="`name` must be one of"):
-        make_defense("free_at")
+        make_defense("bogus")
     with pytest.raises(TypeError, match=r"takes no argument\(s\) \['gamma'\]"):
         make_defense("trades", gamma=1.0)
     with pytest.raises(ValueError, match="HAT needs `helper`"):

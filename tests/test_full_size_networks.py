@@ -275,7 +275,8 @@ def _train_one_step(case: Case, name: str, inferer: Optional[Callable]) -> None:
     noisy = name in ("gaussian_aug", "smoothadv")  # Gaussian noise on the inputs, not clipped to the range
     assert seen and (noisy or all(s.min() >= 0.0 and s.max() <= 1.0 for s in seen))
     if not case.segmentation and not noisy:
-        bound = EPS * (defense.h if name == "hat" else 1.0) + 1e-6
+        # HAT's helper examples lie h times further; N-FGSM's noise and step are not projected back (k + 1)
+        bound = EPS * (defense.h if name == "hat" else defense.k + 1 if name == "n_fgsm" else 1.0) + 1e-6
         assert all((s - case.x).abs().max() <= bound for s in seen if s.shape == case.x.shape)
     assert [m.training for m in network.modules()] == flags
     assert [p.requires_grad for p in params] == grad_flags

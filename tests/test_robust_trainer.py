@@ -85,7 +85,7 @@ def test_bad_defense_arguments(loader):
         "optimizer": torch.optim.SGD(net.parameters(), 0.1),
     }
     with pytest.raises(ValueError, match="`name` must be one of"):
-        RobustTrainer(**common, defense="free_at")
+        RobustTrainer(**common, defense="bogus")
     with pytest.raises(TypeError, match="`defense` must be a Defense"):
         RobustTrainer(**common, defense=42)
     with pytest.raises(ValueError, match="`defense_kwargs` only applies"):

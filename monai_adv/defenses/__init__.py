@@ -8,6 +8,9 @@
 attacks, and Gaussian augmentation and SmoothAdv for randomized smoothing."""
 
 from monai_adv.defenses.awp import AWP
+from monai_adv.defenses.detection_attack import DetectorAwareAPGD, DetectorAwarePGD, evaluate_detection
+from monai_adv.defenses.detection_metrics import detection_metrics
+from monai_adv.defenses.detectors import Detector, FeatureSqueezingDetector, MahalanobisDetector
 from monai_adv.defenses.free import FreeAT
 from monai_adv.defenses.objectives import HAT, MART, PGDAT, TRADES, Defense, FastAT, NaturalTraining, survey_step
 from monai_adv.defenses.purification import Purified, evaluate_purification, purification_attack_models, train_denoiser
@@ -30,7 +33,11 @@ __all__ = [
     "AWP",
     "BitDepthReduction",
     "Defense",
+    "Detector",
+    "DetectorAwareAPGD",
+    "DetectorAwarePGD",
     "FastAT",
+    "FeatureSqueezingDetector",
     "FreeAT",
     "GaussianAugmentation",
     "GaussianNoisePurifier",
@@ -38,6 +45,7 @@ __all__ = [
     "HAT",
     "LearnedDenoiser",
     "MART",
+    "MahalanobisDetector",
     "MedianSmoothing",
     "NFGSM",
     "NaturalTraining",
@@ -50,6 +58,8 @@ __all__ = [
     "available_defenses",
     "available_purifiers",
     "defense_class",
+    "detection_metrics",
+    "evaluate_detection",
     "evaluate_purification",
     "make_defense",
     "make_purifier",

@@ -26,6 +26,7 @@ from monai_adv.apps.arguments import (
     check_model,
     check_out_folder,
     check_surrogate,
+    parse_component,
     parse_eps,
     parse_patch_sizes,
     parse_value_range,
@@ -108,6 +109,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     value_range = parse_value_range(args.value_range)
     eps = parse_eps(args.eps, value_range)
     patch_sizes = parse_patch_sizes(args.patch_sizes)
+    purifier = None if args.purifier is None else parse_component(args.purifier, "--purifier")
+    detector = None if args.detector is None else parse_component(args.detector, "--detector")
     check_model(args.bundle, args.checkpoint, args.network)
     check_surrogate(args.surrogate_checkpoint, args.surrogate_network)
     check_data(args.data)
@@ -141,6 +144,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         patch_sizes=patch_sizes,
         fit_data=args.fit_data,
         fit_samples=args.fit_samples,
+        purifier=purifier,
+        detector=detector,
     )
     return 0
 
@@ -312,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
         "of demo and medmnist data; else the evaluation data, said in the report)",
     )
     evaluate.add_argument("--fit-samples", type=int, help="use the first N samples of the fit data (demo: 200)")
+    evaluate.add_argument(
+        "--purifier",
+        metavar="NAME[:k=v,...]",
+        help="evaluate the model behind an input purifier (median, gaussian, bit_depth, noise), with the "
+        "non-adaptive attack and the adaptive one (BPDA/EoT) to quote, e.g. bit_depth:bits=4 (docs/defenses.md)",
+    )
+    evaluate.add_argument(
+        "--detector",
+        metavar="NAME[:k=v,...]",
+        help="fit a detector (mahalanobis, feature_squeezing) on the fit data and report its AUROC and the "
+        "'classify or reject' robust accuracy under PGD and the detector-aware APGD (docs/defenses.md)",
+    )
     evaluate.add_argument("--norm", default="Linf", choices=("Linf", "L2"))
     evaluate.add_argument("--value-range", default="0,1", help="intensity range 'lo,hi' or 'none'")
     evaluate.add_argument("--task", default="auto", choices=TASK_CHOICES)

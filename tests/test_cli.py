@@ -278,6 +278,8 @@ EARLY_ERRORS = [
     (["evaluate", "--patch-sizes", "1.5"], "--patch-sizes: 1.5 is neither"),
     (["evaluate", "--patch-sizes", "big"], "--patch-sizes: expected"),
     (["evaluate", "--fit-samples", "0"], "--fit-samples"),
+    (["evaluate", "--purifier", "median:5"], "--purifier: expected key=value settings"),
+    (["evaluate", "--detector", "9x"], "--detector: expected NAME"),
     (["evaluate", "--out", "FILE"], "is an existing file, not a folder"),
 ]
 
@@ -509,3 +511,28 @@ def test_benchmark_settings_record_the_batch_size(tmp_path):
     run_grid(_tiny_grid(out), log=lambda _: None)
     with pytest.raises(ValueError, match="batch_size: stored 100, now 2"):
         run_grid(_tiny_grid(out, batch_size=2), log=lambda _: None)
+
+
+def test_evaluate_a_purified_model_and_a_detector(tmp_path, capsys):
+    """The defended model is scored by the non-adaptive and the adaptive attack (the rows to quote), the detector
+    by 'classify or reject' under both; the sections validate against the schema."""
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_lesion_robust_classification"
+    common = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--attacks", "pgd-20", "--eps", "8/255"]
+    common += ["--samples", "12", "--no-progress", "--device", "cpu"]
+    assert main(common + ["--purifier", "bit_depth:bits=3", "--out", str(tmp_path / "pur")]) == 0
+    report = json.loads((tmp_path / "pur" / "brain_lesion_robust_classification.json").read_text())
+    validate_report(report)
+    assert report["defense"]["kind"] == "purification" and report["defense"]["quote"] == "adaptive"
+    assert report["defense"]["kwargs"] == {"bits": 3} and report["defense"]["non_adaptive"]["results"]
+    assert "adaptive attack (quote this)" in capsys.readouterr().out
+    assert (
+        main(common + ["--detector", "feature_squeezing", "--fit-samples", "24", "--out", str(tmp_path / "det")]) == 0
+    )
+    report = json.loads((tmp_path / "det" / "brain_lesion_robust_classification.json").read_text())
+    validate_report(report)
+    budget = report["detection"]["budgets"][0]
+    assert set(budget["attacks"]) == {"pgd", "adaptive"} and budget["attacks"]["adaptive"]["adaptive"] is True
+    assert 0 <= budget["attacks"]["adaptive"]["classify_or_reject_accuracy"] <= 1
+    assert "classify or reject" in (tmp_path / "det" / "robustness.md").read_text()
+    bad = common + ["--purifier", "bit_depth:bits=0", "--out", str(tmp_path / "bad")]
+    assert main(bad) == 1 and "--purifier bit_depth" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from monai_adv.budgets import check_distinct_budgets
 from monai_adv.devices import DEVICE_FORM, default_device, resolve_device
@@ -22,6 +22,7 @@ __all__ = [
     "parse_eps",
     "parse_value_range",
     "parse_patch_sizes",
+    "parse_component",
     "check_count",
     "check_out_folder",
     "check_model",
@@ -90,6 +91,31 @@ def parse_patch_sizes(text: str) -> List[float]:
             raise CommandError(f"--patch-sizes: {part} is given twice")
         sizes.append(size)
     return sizes
+
+
+def parse_component(text: str, flag: str) -> Tuple[str, Dict[str, Any]]:
+    """A component and its settings from "name" or "name:key=value,key=value" (values: ints, floats or words),
+    e.g. "median:kernel_size=5" for ``--purifier``."""
+    name, _, rest = text.partition(":")
+    name = name.strip().lower().replace("-", "_")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise CommandError(f"{flag}: expected NAME or NAME:key=value,..., got {text!r}")
+    settings: Dict[str, Any] = {}
+    for part in (p.strip() for p in rest.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
+            raise CommandError(f"{flag}: expected key=value settings after the colon, got {part!r} in {text!r}")
+        settings[key.strip()] = _setting(value.strip())
+    return name, settings
+
+
+def _setting(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def check_count(value: Optional[int], flag: str) -> Optional[int]:

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from monai.data import DataLoader, DistributedSampler
 
 from monai_adv.apps.arguments import check_count, check_out_folder
+from monai_adv.apps.defended import detection_section, detector_fit_note, purification_section, purified_network
 from monai_adv.apps.sources import (
     CommandError,
     bundle_image_size,
@@ -26,7 +27,7 @@ from monai_adv.apps.sources import (
 )
 from monai_adv.apps.threat_figures import write_threat_figures
 from monai_adv.benchmark.progress import attach_progress
-from monai_adv.benchmark.report import curve_table, markdown_table, threat_tables, write_reports
+from monai_adv.benchmark.report import curve_table, defense_tables, markdown_table, threat_tables, write_reports
 from monai_adv.devices import resolve_device
 from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
@@ -36,6 +37,8 @@ __all__ = ["run_evaluate", "PROGRESS_FOLDER"]
 
 #: the folder of ``out`` holding the per-sample outcomes as the run goes (what a rerun resumes from)
 PROGRESS_FOLDER = "progress"
+#: with a purifier: the folder of the non-adaptive run's outcomes
+NON_ADAPTIVE_FOLDER = "progress_non_adaptive"
 
 
 def run_evaluate(
@@ -62,6 +65,8 @@ def run_evaluate(
     patch_sizes: Sequence[float] = (0.01, 0.02, 0.05, 0.1),
     fit_data: Optional[str] = None,
     fit_samples: Optional[int] = None,
+    purifier: Optional[Tuple[str, Dict[str, Any]]] = None,
+    detector: Optional[Tuple[str, Dict[str, Any]]] = None,
 ) -> Dict[str, Any]:
     """Score a model under ``attacks`` x ``eps`` on ``data`` and write the report folder ``out``.
 
@@ -77,7 +82,14 @@ def run_evaluate(
     the validation split of demo and MedMNIST data, else the evaluation data, which the report's notes then say)
     before the evaluation; patch attacks run at ``patch_sizes``; ``corruptions`` ("all" or comma-separated names)
     adds the natural corruptions at severities 1-5. Their sections and figures (``universal_perturbations.png``,
-    ``patches.png``, ``corruptions.png``, ``threat_models.png``) join the report (docs/threat_models.md)."""
+    ``patches.png``, ``corruptions.png``, ``threat_models.png``) join the report (docs/threat_models.md).
+
+    ``purifier`` (``(name, kwargs)``, e.g. ``("median", {"kernel_size": 3})``) evaluates the network behind that
+    input purifier twice: with the non-adaptive attack such defenses are usually reported with, and with the
+    adaptive one (BPDA / EoT), whose numbers are the report's rows and the ones to quote; the table shows both.
+    ``detector`` (``("mahalanobis", {})`` or ``("feature_squeezing", {})``) fits that detector on the fit data (clean)
+    and adds the report's ``detection`` section: detection AUROC, TPR at 5 % FPR and the "classify or reject"
+    robust accuracy at each budget, against PGD on the classifier and the detector-aware APGD (docs/defenses.md)."""
     arguments = dict(locals())
     check_count(samples, "--samples")  # before any loading: 0 is not "all the samples"
     check_count(batch_size, "--batch-size")
@@ -111,6 +123,8 @@ def _evaluate_run(
     patch_sizes: Sequence[float],
     fit_data: Optional[str],
     fit_samples: Optional[int],
+    purifier: Optional[Tuple[str, Dict[str, Any]]],
+    detector: Optional[Tuple[str, Dict[str, Any]]],
 ) -> Dict[str, Any]:
     """The evaluation of this process (of this rank under torchrun); rank 0 writes the report folder."""
     device = run.device
@@ -144,37 +158,68 @@ def _evaluate_run(
     check_spatial_dims(model, torch.as_tensor(first["image"]), f"--data {data}")
     # each rank attacks its shard (no padding: a sample is evaluated once); the evaluator gathers the outcomes
     sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False) if run.world_size > 1 else None
-    fit_loader, fit_name = _fit_loader(attacks, data, fit_data, fit_samples, preprocessing, batch_size, size)
-    try:
-        evaluator = RobustnessEvaluator(
-            device=device,
-            val_data_loader=DataLoader(dataset, batch_size=batch_size, sampler=sampler),
-            network=model,
-            attacks=attacks,
-            eps=eps,
-            norm=norm,
-            value_range=value_range,
-            task=task,
-            surrogate=surrogate,
-            seed=seed,
-            keep_examples=8,
-            progress_dir=Path(out) / PROGRESS_FOLDER,
-            run_settings={"data": data, "samples": len(dataset), "fit_data": fit_name},
-            min_norm_attack=min_norm,
-            fit_data_loader=fit_loader,
-            patch_sizes=patch_sizes,
-            corruptions=corruptions,
-        )
-    except (ValueError, TypeError) as e:
-        raise CommandError(str(e)) from e
-    steps = evaluator.total_attack_runs * len(evaluator.data_loader)
-    attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, f"attack {name}", progress and run.is_main)
-    evaluator.run()
-    report = evaluator.report(model={"name": name}, data={"name": data, "samples": len(dataset)})
+    if (purifier or detector) and surrogate is not None:
+        raise CommandError("--purifier/--detector evaluate a defended model white-box: drop the --surrogate-* flags")
+    if purifier and detector:
+        raise CommandError("give --purifier or --detector, not both: each defense is evaluated by its own attack")
+    needs_fit = _has_fitted_attacks(attacks) or detector is not None
+    fit_loader, fit_name = _fit_loader(needs_fit, data, fit_data, fit_samples, preprocessing, batch_size, size)
+    settings = {"data": data, "samples": len(dataset), "fit_data": fit_name, "purifier": purifier, "detector": detector}
+
+    def evaluate(network, crafting, folder: str, label: str, extras: bool = True) -> RobustnessEvaluator:
+        try:
+            evaluator = RobustnessEvaluator(
+                device=device,
+                val_data_loader=DataLoader(dataset, batch_size=batch_size, sampler=sampler),
+                network=network,
+                attacks=attacks,
+                eps=eps,
+                norm=norm,
+                value_range=value_range,
+                task=task,
+                surrogate=crafting,
+                seed=seed,
+                keep_examples=8,
+                progress_dir=Path(out) / folder,
+                run_settings={**settings, "crafting": label},
+                min_norm_attack=min_norm if extras else None,
+                fit_data_loader=fit_loader,
+                patch_sizes=patch_sizes,
+                corruptions=corruptions if extras else None,
+            )
+        except (ValueError, TypeError) as e:
+            raise CommandError(str(e)) from e
+        steps = evaluator.total_attack_runs * len(evaluator.data_loader)
+        title = f"attack {name}" + ("" if label == "white-box" else f" ({label})")
+        attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, title, progress and run.is_main)
+        evaluator.run()
+        return evaluator
+
+    described = {"model": {"name": name}, "data": {"name": data, "samples": len(dataset)}}
+    reports: Dict[str, Any] = {}
+    if purifier is not None:
+        purified, models = purified_network(model, purifier[0], purifier[1], value_range, seed)
+        crafting = None if models["non_adaptive"] is purified else models["non_adaptive"]
+        baseline = evaluate(purified, crafting, NON_ADAPTIVE_FOLDER, "non-adaptive", extras=False)
+        reports[f"{name} (non-adaptive)"] = baseline.report(**described)
+        evaluator = evaluate(purified, models["adaptive"], PROGRESS_FOLDER, "adaptive")
+        report = evaluator.report(**described)
+        report["defense"] = purification_section(*purifier, models, reports[f"{name} (non-adaptive)"])
+    else:
+        evaluator = evaluate(model, surrogate, PROGRESS_FOLDER, "white-box" if surrogate is None else "transfer")
+        report = evaluator.report(**described)
     if not run.is_main:
         return {"report": report, "paths": {}, "table": ""}
-    paths = write_reports({name: report}, out)
-    paths["curves"] = plot_robustness_curves({name: report}, Path(out) / "robustness_curves.png")
+    if detector is not None:
+        evaluation = DataLoader(dataset, batch_size=batch_size)
+        fit_batches = fit_loader if fit_loader is not None else evaluation
+        report["detection"] = detection_section(
+            model, *detector, fit_batches, fit_name, evaluation, eps, value_range, seed
+        )
+        report["notes"] = list(report.get("notes", [])) + detector_fit_note(fit_name)
+    reports = {name: report, **reports}
+    paths = write_reports(reports, out)
+    paths["curves"] = plot_robustness_curves(reports, Path(out) / "robustness_curves.png")
     if "curve" in report:
         paths["min_norm_curve"] = plot_min_norm_curve(report, Path(out) / "robustness_curve_min_norm.png")
     ex = evaluator.state.examples
@@ -194,24 +239,14 @@ def _evaluate_run(
             adversarial_predictions=ex["adversarial_pred"],
         )
     paths.update(write_threat_figures(evaluator, report, Path(out)))
-    table = markdown_table({name: report}) + (f"\n{curve_table(report)}" if "curve" in report else "")
-    table += threat_tables(report)
+    table = markdown_table(reports) + (f"\n{curve_table(report)}" if "curve" in report else "")
+    table += threat_tables(report) + defense_tables(report)
     log(table)
     log(f"report in {out}/")
     return {"report": report, "paths": paths, "table": table}
 
 
-def _fit_loader(
-    attacks: Sequence[Any],
-    data: str,
-    fit_data: Optional[str],
-    fit_samples: Optional[int],
-    preprocessing: Any,
-    batch_size: int,
-    image_size: Optional[int],
-):
-    """The loader the fitted attacks of the suite are fitted on, and its name for the run's settings: ``fit_data``,
-    else the validation split of demo or MedMNIST data, else None (the evaluation data)."""
+def _has_fitted_attacks(attacks: Sequence[Any]) -> bool:
     from monai_adv.attacks import FittedAttack, attack_class
     from monai_adv.engines.attack_suite import parse_attack_specs
 
@@ -219,9 +254,23 @@ def _fit_loader(
         specs = parse_attack_specs(list(attacks))
     except (ValueError, TypeError) as e:
         raise CommandError(str(e)) from e
-    if not any(issubclass(attack_class(spec.attack), FittedAttack) for spec in specs):
+    return any(issubclass(attack_class(spec.attack), FittedAttack) for spec in specs)
+
+
+def _fit_loader(
+    needed: bool,
+    data: str,
+    fit_data: Optional[str],
+    fit_samples: Optional[int],
+    preprocessing: Any,
+    batch_size: int,
+    image_size: Optional[int],
+):
+    """The loader the fitted attacks of the suite (and a detector) are fitted on, and its name for the run's
+    settings: ``fit_data``, else the validation split of demo or MedMNIST data, else None (the evaluation data)."""
+    if not needed:
         if fit_data is not None or fit_samples is not None:
-            raise CommandError("--fit-data/--fit-samples: the suite has no fitted attack (uap, patch) to fit")
+            raise CommandError("--fit-data/--fit-samples: nothing to fit (no uap or patch attack, no --detector)")
         return None, None
     kind = data.partition(":")[0]
     if fit_data is None and kind not in ("demo", "demo3d", "medmnist"):

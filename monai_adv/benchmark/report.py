@@ -25,6 +25,7 @@ __all__ = [
     "curve_table",
     "markdown_table",
     "threat_tables",
+    "defense_tables",
     "write_reports",
 ]
 
@@ -183,6 +184,54 @@ def threat_tables(report: Mapping[str, Any]) -> str:
     return "".join(f"\n{part}" for part in parts)
 
 
+def defense_tables(report: Mapping[str, Any]) -> str:
+    """The report's ``defense`` (purification) and ``detection`` sections as Markdown (empty without them): the
+    non-adaptive and the adaptive robust accuracy of the purified model per budget, and the detector's AUROC, TPR
+    at 5 % FPR and "classify or reject" robust accuracy per budget and attack. The adaptive numbers are the ones
+    to quote."""
+    parts: List[str] = []
+    defense = report.get("defense")
+    metric = report["primary_metric"]
+    if defense and defense.get("kind") == "purification":
+        adaptive = {r["eps_label"]: r for r in report["results"] if r["attack"] == "worst-case"}
+        adaptive = adaptive or {r["eps_label"]: r for r in report["results"]}
+        baseline = {r["eps_label"]: r for r in defense["non_adaptive"]["results"] if r["attack"] == "worst-case"}
+        baseline = baseline or {r["eps_label"]: r for r in defense["non_adaptive"]["results"]}
+        lines = [
+            f"purification ({defense['purifier']}): {metric} of the purified model, worst case over the attacks",
+            "",
+            "| eps | clean | non-adaptive attack | adaptive attack (quote this) |",
+            "|---|---|---|---|",
+        ]
+        clean = _cell(report["clean"].get(metric))
+        for label in report["eps_labels"]:
+            a, b = baseline.get(label), adaptive.get(label)
+            a_cell = _cell(a["metrics"].get(metric)) if a else "n/a"
+            b_cell = _cell(b["metrics"].get(metric)) if b else "n/a"
+            lines.append(f"| {label} | {clean} | {a_cell} | **{b_cell}** |")
+        parts.append("\n".join(lines) + "\n")
+    detection = report.get("detection")
+    if detection:
+        lines = [
+            f"detection ({detection['detector']}, threshold at {detection['fpr']:.0%} false positives on clean data; "
+            f"'classify or reject': the adversarial input is classified correctly or rejected)",
+            "",
+            "| eps | attack | adaptive | AUROC | TPR at 5% FPR | classifier robust accuracy | classify or reject |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for budget in detection["budgets"]:
+            for attack, row in budget["attacks"].items():
+                quoted = attack == budget.get("quote")
+                value = _cell(row.get("classify_or_reject_accuracy"))
+                lines.append(
+                    f"| {budget['eps_label']} | {attack} | {'yes' if row.get('adaptive') else 'no'} | "
+                    f"{_cell(row.get('auroc'))} | {_cell(row.get('tpr_at_5_fpr'))} | "
+                    f"{_cell(row.get('robust_accuracy'))} | {f'**{value}**' if quoted else value} |"
+                )
+        parts.append("\n".join(lines) + "\n")
+    return "".join(f"\n{part}" for part in parts)
+
+
 def _family_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The patch and corruption cells as result rows for the CSV: attack "<patch attack>" with the size as eps, or
     "corruption/<name>" with the severity as eps."""
@@ -246,7 +295,7 @@ def write_reports(reports: Reports, folder: Union[str, Path]) -> Dict[str, Path]
         paths[f"json:{method}"] = write_json_atomic(folder / f"{_file_name(method)}.json", report)
     paths["csv"] = write_text_atomic(folder / "robustness.csv", csv_table(table))
     curves = "".join(f"\n{curve_table(report)}" for report in table.values())
-    threats = "".join(threat_tables(report) for report in table.values())
+    threats = "".join(threat_tables(report) + defense_tables(report) for report in table.values())
     paths["markdown"] = write_text_atomic(folder / "robustness.md", markdown_table(table) + curves + threats)
     return paths
 

@@ -44,6 +44,7 @@ __all__ = [
     "LearnedDenoiser",
     "available_purifiers",
     "make_purifier",
+    "purifier_class",
 ]
 
 
@@ -369,6 +370,14 @@ def available_purifiers() -> Tuple[str, ...]:
     return tuple(sorted(_PURIFIERS))
 
 
+def purifier_class(name: str) -> type:
+    """The class registered under ``name`` (e.g. to read the arguments it takes)."""
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
+    if key not in _PURIFIERS:
+        raise ValueError(f"`name` must be one of {list(available_purifiers())}, got {name!r}.")
+    return _PURIFIERS[key]
+
+
 def make_purifier(name: str, **kwargs: Any) -> nn.Module:
     """Build a purifier by name: "median", "gaussian", "bit_depth", "noise" or "denoiser" (case-insensitive, "-"
     for "_"), e.g. ``make_purifier("bit_depth", bits=3)``.
@@ -377,10 +386,7 @@ def make_purifier(name: str, **kwargs: Any) -> nn.Module:
         ValueError: for an unknown ``name``, listing the available ones.
         TypeError: for a keyword the purifier does not take.
     """
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in _PURIFIERS:
-        raise ValueError(f"`name` must be one of {list(available_purifiers())}, got {name!r}.")
-    cls = _PURIFIERS[key]
+    cls = purifier_class(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:

@@ -35,6 +35,7 @@ def test_demo_data_difficulty_benchmark_tiny(tmp_path):
         assert 0.0 <= row["value"] <= 1.0
 
 
+@pytest.mark.slow  # trains nine defenses and runs AutoAttack on each: about 90 s on one core
 def test_defense_evidence_tiny_and_resume(tmp_path):
     from benchmarks.defense_evidence import METHODS, main
 
@@ -110,3 +111,15 @@ def test_min_norm_curve_benchmark_tiny(tmp_path):
     for report in payload["models"].values():
         curve = report["curve"]
         assert len(curve["eps"]) == len(curve["robust_accuracy"]) == len(curve["combined_robust_accuracy"])
+
+
+@pytest.mark.slow
+def test_defended_models_and_threat_models_benchmarks_tiny(tmp_path):
+    from benchmarks.defended_models import main as defended
+    from benchmarks.threat_models import main as threats
+
+    payload = defended(["--tiny", "--out", str(tmp_path / "defended.json")])
+    assert {row["purifier"] for row in payload["purification"]} == {"bit depth 3", "median 3x3", "noise 0.05 + median"}
+    assert {row["adaptive"] for row in payload["detection"]} == {True, False}
+    payload = threats(["--tiny", "--out", str(tmp_path / "threats.json")])
+    assert set(payload["models"]) == {"demo lesion, natural", "demo lesion, PGD-AT"}

@@ -202,7 +202,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             a shard). Under torchrun rank 0's fitted tensors are sent to every rank; with ``progress_dir`` they are
             stored there, so a resumed run applies the same ones.
         patch_sizes: the sizes the patch attacks of the suite run at (their budget instead of ``eps``): fractions of
-            the image's area (volume in 3D) in (0, 1], or sides in voxels (ints); see
+            the image's area (volume in 3D) in (0, 1), or sides in voxels (ints); see
             :func:`monai_adv.attacks.patch.patch_side`.
         corruptions: natural corruptions to score the model under: "all", or names of
             :data:`monai_adv.transforms.corruptions.CORRUPTIONS` (e.g. ``["gaussian_noise", "bias_field"]``); each at
@@ -910,7 +910,7 @@ def _changed(task: str, outcome: SampleOutcome, clean: SampleOutcome) -> Optiona
 
 
 def _check_patch_sizes(sizes: Sequence[Union[int, float]]) -> List[Union[int, float]]:
-    """The patch sizes: a non-empty list of distinct sides in voxels (ints >= 1) or fractions in (0, 1]."""
+    """The patch sizes: a non-empty list of distinct sides in voxels (ints >= 1) or fractions in (0, 1)."""
     from monai_adv.attacks.patch import patch_side
 
     if isinstance(sizes, (int, float, str)) or not isinstance(sizes, Sequence) or not sizes:

@@ -147,7 +147,7 @@ def test_adaptive_attack_lowers_classify_or_reject_accuracy(bars):
             f"TPR@5%FPR {adaptive['tpr_at_5_fpr']:.3f}, robust {adaptive['robust_accuracy']:.3f}, "
             f"classify-or-reject {adaptive['classify_or_reject_accuracy']:.3f}"
         )
-        assert report["quote"] == "adaptive" and adaptive["adaptive"] and not pgd["adaptive"]
+        assert report["quote"] == "worst_case" and adaptive["adaptive"] and not pgd["adaptive"]
         assert pgd["robust_accuracy"] < 0.3 and pgd["classify_or_reject_accuracy"] >= 0.9
         assert adaptive["classify_or_reject_accuracy"] < pgd["classify_or_reject_accuracy"] - 0.1
         assert adaptive["evasion_rate"] == pytest.approx(1 - adaptive["classify_or_reject_accuracy"])

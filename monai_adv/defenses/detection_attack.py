@@ -82,7 +82,8 @@ class ScoredClassifier(nn.Module):
             logits, score = self.detector.logits_and_score(x, surrogate=True, network=self.network)
         else:
             logits = self.network(x)
-            score = self.detector.logits_and_score(x, surrogate=True)[1]
+            x_detector = x.to(model_dtype(self.detector.network) or x.dtype)
+            score = self.detector.logits_and_score(x_detector, surrogate=True)[1]
         margin = (score - threshold).double()
         return torch.cat([logits.as_subclass(torch.Tensor).double(), margin[:, None]], dim=1)
 
@@ -288,8 +289,9 @@ def evaluate_detection(
     detector and attacks that know it.
 
     A sample is handled when its adversarial input is classified correctly or detected (rejected). Only the
-    adaptive attacks measure the defense (Carlini & Wagner 2017; Tramer et al. 2020): ``"quote"`` names the
-    detector-aware attack with the lowest "classify or reject" accuracy, the number to report.
+    adaptive attacks measure the defense (Carlini & Wagner 2017; Tramer et al. 2020): ``"quote"`` is "worst_case", each
+    sample's worst outcome over all the attacks, detector-aware ones included, the number to report (None when no
+    attack knows the detector).
 
     Args:
         network: the classifier (returning logits (N, K)).
@@ -308,7 +310,8 @@ def evaluate_detection(
         mask: optional region of interest the attacks perturb (see :meth:`~monai_adv.attacks.Attack.perturb`).
 
     Returns:
-        ``{"clean": {...}, "attacks": {name: {...}}, "worst_case": {...}, "quote": name or None, "notes": [...]}``:
+        ``{"clean": {...}, "attacks": {name: {...}}, "worst_case": {...}, "quote": "worst_case" or None,
+        "notes": [...]}``:
 
         - ``clean``: ``n``, ``accuracy``, ``false_rejection_rate`` (clean inputs the detector flags) and
           ``accepted_accuracy`` (correct and not rejected);
@@ -382,7 +385,9 @@ def evaluate_detection(
         result["attacks"][name] = row
     result["worst_case"] = {"robust_accuracy": _rate(correct_all), "classify_or_reject_accuracy": _rate(handled_all)}
     adaptive = {n: r["classify_or_reject_accuracy"] for n, r in result["attacks"].items() if r["adaptive"]}
-    result["quote"] = min(adaptive, key=adaptive.get) if adaptive else None
+    # the number to quote: each sample's worst case over every attack, adaptive ones included (at most the lowest
+    # adaptive attack's); None without an adaptive attack (the numbers then overestimate the defense)
+    result["quote"] = "worst_case" if adaptive else None
     result["notes"] = (
         []
         if adaptive

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_adv.attacks import PGD, adaptive_model, make_attack, model_state_guard
+from monai_adv.attacks import PGD, adaptive_model, make_attack, model_dtype, model_state_guard
 from monai_adv.attacks.validation import check_choice, check_eps, check_int, check_value_range
 from monai_adv.defenses.purifiers import make_purifier
 
@@ -134,10 +134,13 @@ def purification_attack_models(
         non_adaptive = "purified" if purified.differentiable else "classifier"
     crafted = purified if non_adaptive == "purified" else purified.network
     eot = samples if purified.randomized else 1
+    # EoT averages log-probabilities: the cross-entropy of the mean is then the mean cross-entropy over the draws
     if purified.differentiable:
-        adaptive = adaptive_model(purified, eot_samples=eot)
+        adaptive = adaptive_model(purified, eot_samples=eot, eot_output="log_probs")
     else:
-        adaptive = adaptive_model(purified.network, preprocess=purified.purifier, backward=backward, eot_samples=eot)
+        adaptive = adaptive_model(
+            purified.network, preprocess=purified.purifier, backward=backward, eot_samples=eot, eot_output="log_probs"
+        )
     return {"non_adaptive": crafted, "adaptive": adaptive}
 
 
@@ -196,7 +199,7 @@ def _correct(model: Callable, x: torch.Tensor, y: torch.Tensor, passes: int) -> 
     hits = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     with model_state_guard(model) as view, torch.no_grad():
         for _ in range(passes):
-            logits = view(x)
+            logits = view(x.to(model_dtype(model) or x.dtype))
             if logits.ndim != 2:
                 raise ValueError(
                     f"evaluate_purification scores classifiers (logits (N, K)), got {tuple(logits.shape)}."
@@ -230,10 +233,10 @@ def evaluate_purification(
 
     Returns:
         a dict with ``clean_accuracy``, ``non_adaptive_accuracy``, ``adaptive_accuracy``, ``worst_case_accuracy``
-        (per sample, the lower of the two robust scores), ``quote`` ("adaptive": the robust accuracy to report; the
-        non-adaptive one overestimates robustness), ``non_adaptive_model`` and ``adaptive_model`` (what crafted the
-        examples), ``attack``, ``eps``, ``samples`` (EoT passes, 1 for a deterministic purifier) and ``passes``
-        (scoring passes).
+        (per sample, the lower of the two robust scores), ``quote`` ("worst_case": the robust accuracy to report, at
+        most the adaptive one; the non-adaptive one alone overestimates robustness), ``non_adaptive_model`` and
+        ``adaptive_model`` (what crafted the examples), ``attack``, ``eps``, ``samples`` (EoT passes, 1 for a
+        deterministic purifier) and ``passes`` (scoring passes).
 
     Args:
         purified: the defended classifier.
@@ -258,6 +261,10 @@ def evaluate_purification(
     backward = _resolve_backward(purified, backward)
     models = purification_attack_models(purified, samples, non_adaptive, backward)
     y = torch.as_tensor(y, device=x.device)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"`y` must hold one class index per image of `x` ({x.shape[0]}), got {tuple(y.shape)}.")
+    if randomized:  # every sample attacked to the last step: an early stop on one EoT verdict would leave samples
+        attack_kwargs = {"early_stop": False, **attack_kwargs}  # that fresh draws of the purifier then score robust
     with _seeded(seed, x.device):
         reset = getattr(purified.purifier, "reset", None)
         if seed is not None and callable(reset):
@@ -275,7 +282,7 @@ def evaluate_purification(
         "non_adaptive_accuracy": float(scores["non_adaptive"].mean()),
         "adaptive_accuracy": float(scores["adaptive"].mean()),
         "worst_case_accuracy": float(torch.minimum(scores["non_adaptive"], scores["adaptive"]).mean()),
-        "quote": "adaptive",
+        "quote": "worst_case",
         **_describe(purified, models, samples, backward),
         "attack": attack,
         "eps": eps,

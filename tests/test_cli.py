@@ -522,9 +522,13 @@ def test_evaluate_a_purified_model_and_a_detector(tmp_path, capsys):
     assert main(common + ["--purifier", "bit_depth:bits=3", "--out", str(tmp_path / "pur")]) == 0
     report = json.loads((tmp_path / "pur" / "brain_lesion_robust_classification.json").read_text())
     validate_report(report)
-    assert report["defense"]["kind"] == "purification" and report["defense"]["quote"] == "adaptive"
+    assert report["defense"]["kind"] == "purification" and report["defense"]["quote"] == "worst_case"
+    worst = report["defense"]["worst_case"][0]["accuracy"]
+    adaptive = next(r for r in report["results"] if r["attack"] == "pgd-20")["metrics"]["accuracy"]
+    baseline = report["defense"]["non_adaptive"]["results"][0]["metrics"]["accuracy"]
+    assert worst <= min(adaptive, baseline)  # right under both attacks
     assert report["defense"]["kwargs"] == {"bits": 3} and report["defense"]["non_adaptive"]["results"]
-    assert "adaptive attack (quote this)" in capsys.readouterr().out
+    assert "worst case of both (quote this)" in capsys.readouterr().out
     assert (
         main(common + ["--detector", "feature_squeezing", "--fit-samples", "24", "--out", str(tmp_path / "det")]) == 0
     )
@@ -533,6 +537,9 @@ def test_evaluate_a_purified_model_and_a_detector(tmp_path, capsys):
     budget = report["detection"]["budgets"][0]
     assert set(budget["attacks"]) == {"pgd", "adaptive"} and budget["attacks"]["adaptive"]["adaptive"] is True
     assert 0 <= budget["attacks"]["adaptive"]["classify_or_reject_accuracy"] <= 1
-    assert "classify or reject" in (tmp_path / "det" / "robustness.md").read_text()
+    assert report["detection"]["quote"] == "worst_case" and "worst_case" in budget
+    assert "worst case of all (quote this)" in (tmp_path / "det" / "robustness.md").read_text()
+    l2 = common + ["--detector", "mahalanobis", "--norm", "L2", "--out", str(tmp_path / "l2")]
+    assert main(l2) == 1 and "--detector: the detection attacks are L-inf" in capsys.readouterr().err
     bad = common + ["--purifier", "bit_depth:bits=0", "--out", str(tmp_path / "bad")]
     assert main(bad) == 1 and "--purifier bit_depth" in capsys.readouterr().err

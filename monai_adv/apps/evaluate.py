@@ -15,7 +15,13 @@ import torch
 from monai.data import DataLoader, DistributedSampler
 
 from monai_adv.apps.arguments import check_count, check_out_folder
-from monai_adv.apps.defended import detection_section, detector_fit_note, purification_section, purified_network
+from monai_adv.apps.defended import (
+    detection_section,
+    detector_fit_note,
+    purification_section,
+    purified_network,
+    worst_of_both,
+)
 from monai_adv.apps.sources import (
     CommandError,
     bundle_image_size,
@@ -160,6 +166,8 @@ def _evaluate_run(
     sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False) if run.world_size > 1 else None
     if (purifier or detector) and surrogate is not None:
         raise CommandError("--purifier/--detector evaluate a defended model white-box: drop the --surrogate-* flags")
+    if detector and norm != "Linf":
+        raise CommandError("--detector: the detection attacks are L-inf; give --norm Linf")
     if purifier and detector:
         raise CommandError("give --purifier or --detector, not both: each defense is evaluated by its own attack")
     needs_fit = _has_fitted_attacks(attacks) or detector is not None
@@ -204,7 +212,8 @@ def _evaluate_run(
         reports[f"{name} (non-adaptive)"] = baseline.report(**described)
         evaluator = evaluate(purified, models["adaptive"], PROGRESS_FOLDER, "adaptive")
         report = evaluator.report(**described)
-        report["defense"] = purification_section(*purifier, models, reports[f"{name} (non-adaptive)"])
+        worst = worst_of_both(baseline.results, evaluator.results, value_range)
+        report["defense"] = purification_section(*purifier, models, reports[f"{name} (non-adaptive)"], worst)
     else:
         evaluator = evaluate(model, surrogate, PROGRESS_FOLDER, "white-box" if surrogate is None else "transfer")
         report = evaluator.report(**described)

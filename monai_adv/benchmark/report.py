@@ -200,15 +200,16 @@ def defense_tables(report: Mapping[str, Any]) -> str:
         lines = [
             f"purification ({defense['purifier']}): {metric} of the purified model, worst case over the attacks",
             "",
-            "| eps | clean | non-adaptive attack | adaptive attack (quote this) |",
-            "|---|---|---|---|",
+            "| eps | clean | non-adaptive attack | adaptive attack | worst case of both (quote this) |",
+            "|---|---|---|---|---|",
         ]
         clean = _cell(report["clean"].get(metric))
+        both = {row["eps_label"]: row["accuracy"] for row in defense.get("worst_case", [])}
         for label in report["eps_labels"]:
             a, b = baseline.get(label), adaptive.get(label)
             a_cell = _cell(a["metrics"].get(metric)) if a else "n/a"
             b_cell = _cell(b["metrics"].get(metric)) if b else "n/a"
-            lines.append(f"| {label} | {clean} | {a_cell} | **{b_cell}** |")
+            lines.append(f"| {label} | {clean} | {a_cell} | {b_cell} | **{_cell(both.get(label))}** |")
         parts.append("\n".join(lines) + "\n")
     detection = report.get("detection")
     if detection:
@@ -221,13 +222,16 @@ def defense_tables(report: Mapping[str, Any]) -> str:
         ]
         for budget in detection["budgets"]:
             for attack, row in budget["attacks"].items():
-                quoted = attack == budget.get("quote")
-                value = _cell(row.get("classify_or_reject_accuracy"))
                 lines.append(
                     f"| {budget['eps_label']} | {attack} | {'yes' if row.get('adaptive') else 'no'} | "
                     f"{_cell(row.get('auroc'))} | {_cell(row.get('tpr_at_5_fpr'))} | "
-                    f"{_cell(row.get('robust_accuracy'))} | {f'**{value}**' if quoted else value} |"
+                    f"{_cell(row.get('robust_accuracy'))} | {_cell(row.get('classify_or_reject_accuracy'))} |"
                 )
+            worst = budget.get("worst_case") or {}
+            lines.append(
+                f"| {budget['eps_label']} | worst case of all (quote this) | | | | "
+                f"{_cell(worst.get('robust_accuracy'))} | **{_cell(worst.get('classify_or_reject_accuracy'))}** |"
+            )
         parts.append("\n".join(lines) + "\n")
     return "".join(f"\n{part}" for part in parts)
 

@@ -22,7 +22,11 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["monai_adv", "monai_adv.*"]),
     include_package_data=True,
-    package_data={"monai_adv.data": ["assets/*.npz", "assets/NOTICE"], "monai_adv.benchmark": ["*.json"]},
+    package_data={
+        "monai_adv.data": ["assets/*.npz", "assets/NOTICE"],
+        "monai_adv.benchmark": ["*.json"],
+        "monai_adv.reporting": ["templates/*.html", "templates/*.css"],
+    },
     install_requires=[
         # install the PyTorch build for your platform first; torch 2.1 or newer (torch.nonzero_static)
         "torch>=2.1",
@@ -31,6 +35,7 @@ setup(
         "matplotlib>=3.5",  # report plots
         "tqdm>=4.60",  # progress bars of the command line
         "scipy>=1.8",  # certification (monai_adv.certify, imported by monai_adv.engines): binomial tests and bounds
+        "jinja2>=3.0",  # report.html
     ],
     extras_require={
         # torchattacks (the reference used by the tests) is installed separately with `--no-deps`:

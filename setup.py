@@ -24,8 +24,7 @@ setup(
     include_package_data=True,
     package_data={
         "monai_adv.data": ["assets/*.npz", "assets/NOTICE"],
-        "monai_adv.benchmark": ["*.json"],
-        "monai_adv.reporting": ["templates/*.html", "templates/*.css"],
+        "monai_adv.benchmark": ["*.json", "templates/*.html", "templates/*.css"],
     },
     install_requires=[
         # install the PyTorch build for your platform first; torch 2.1 or newer (torch.nonzero_static)

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
+from monai_adv.benchmark.tables import Table
 
 __all__ = [
     "certification_schema",
     "validate_certification_report",
     "certification_csv",
     "certification_markdown",
+    "certification_table",
     "write_certification_reports",
 ]
 
@@ -92,6 +94,27 @@ def _model_name(report: Mapping[str, Any]) -> str:
     return str(model.get("name", "model")) if isinstance(model, Mapping) else "model"
 
 
+def certification_table(report: Mapping[str, Any]) -> Table:
+    """The certified curve, one row per radius: certified accuracy (classification, multi-label), or certified
+    Dice, certified voxels and certified voxel accuracy (segmentation)."""
+    if report["task"] == "segmentation":
+        table = Table(
+            "certified segmentation against the L2 radius",
+            ["radius", "certified Dice", "certified voxels", "certified voxel accuracy"],
+        )
+        for p in report["curve"]:
+            table.add(
+                [_radius_label(p["radius"])]
+                + [p[k] for k in ("certified_dice", "certified_fraction")]
+                + [p["certified_accuracy"]]
+            )
+    else:
+        table = Table("certified accuracy against the L2 radius", ["radius", "certified accuracy"])
+        for p in report["curve"]:
+            table.add([_radius_label(p["radius"]), p["certified_accuracy"]])
+    return table
+
+
 def certification_markdown(report: Mapping[str, Any]) -> str:
     """A Markdown summary: the settings, the guarantee, the curve (one row per radius) and the whole-data figures."""
     task = report["task"]
@@ -101,18 +124,7 @@ def certification_markdown(report: Mapping[str, Any]) -> str:
         f"{report['num_samples']} samples)"
     )
     lines: List[str] = [head, "", f"Guarantee: {report['guarantee']}", ""]
-    if task == "segmentation":
-        lines += [
-            "| radius | certified Dice | certified voxels | certified voxel accuracy |",
-            "|---|---|---|---|",
-        ]
-        for p in report["curve"]:
-            cells = [_number(p["certified_dice"]), _number(p["certified_fraction"]), _number(p["certified_accuracy"])]
-            lines.append(f"| {_radius_label(p['radius'])} | " + " | ".join(cells) + " |")
-    else:
-        lines += ["| radius | certified accuracy |", "|---|---|"]
-        for p in report["curve"]:
-            lines.append(f"| {_radius_label(p['radius'])} | {_number(p['certified_accuracy'])} |")
+    lines.append(certification_table(report).markdown().split("\n", 2)[2].rstrip("\n"))
     summary = report.get("summary") or {}
     if summary:
         lines += [""] + [f"- {key.replace('_', ' ')}: {_number(value)}" for key, value in summary.items()]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from monai_adv.benchmark.io import write_json_atomic, write_text_atomic
+from monai_adv.benchmark.tables import Table, format_value
 
 __all__ = [
     "CSV_FIELDS",
@@ -23,9 +24,13 @@ __all__ = [
     "as_report_map",
     "csv_table",
     "curve_table",
+    "curve_tables",
     "markdown_table",
+    "result_table",
     "threat_tables",
+    "threat_model_tables",
     "defense_tables",
+    "defense_table_list",
     "write_reports",
 ]
 
@@ -46,6 +51,7 @@ CSV_FIELDS = (
     "samples",
     "threat_model",
 )
+WORST_CASE = "worst-case"  # the per-sample worst case over the attacks (the evaluator's row name)
 Reports = Union[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]
 
 
@@ -75,165 +81,181 @@ def as_report_map(reports: Reports) -> Dict[str, Mapping[str, Any]]:
     return dict(reports)
 
 
-def _cell(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def markdown_table(reports: Reports, metric: Optional[str] = None) -> str:
+def result_table(reports: Reports, metric: Optional[str] = None) -> Table:
     """One row per method and attack, one column per budget (eps 0 is the clean value); cells hold ``metric``
-    (default: the report's primary metric: robust accuracy, or Dice for segmentation)."""
+    (default: the report's primary metric: robust accuracy, or Dice for segmentation). The worst-case rows are
+    highlighted."""
     table = as_report_map(reports)
     first = next(iter(table.values()))
     metric = metric or first["primary_metric"]
     labels = list(first["eps_labels"])
     multi = len(table) > 1
-    head = (["method"] if multi else []) + ["attack", "clean"] + labels
-    lines = [
+    out = Table(
         f"{metric} under attack ({first['norm']}, {first['setting']}, {first['num_samples']} samples)",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * len(head)) + "|",
-    ]
+        (["method"] if multi else []) + ["attack", "clean"] + labels,
+    )
     for method, report in table.items():
-        clean = _cell(report["clean"].get(metric))
-        attacks: List[str] = []
-        for row in report["results"]:
-            if row["attack"] not in attacks:
-                attacks.append(row["attack"])
-        for attack in attacks:
+        clean = report["clean"].get(metric)
+        for attack in dict.fromkeys(row["attack"] for row in report["results"]):
             by_eps = {r["eps_label"]: r for r in report["results"] if r["attack"] == attack}
-            cells = [_cell(by_eps[label]["metrics"].get(metric)) if label in by_eps else "" for label in labels]
-            name = f"**{attack}**" if attack == "worst-case" else attack
-            lines.append("| " + " | ".join(([method] if multi else []) + [name, clean] + cells) + " |")
-    return "\n".join(lines) + "\n"
+            cells = [by_eps[label]["metrics"].get(metric) if label in by_eps else "" for label in labels]
+            worst = attack == WORST_CASE
+            out.add(([method] if multi else []) + [attack, clean] + cells, [int(multi)] if worst else (), worst)
+    return out
+
+
+def markdown_table(reports: Reports, metric: Optional[str] = None) -> str:
+    """:func:`result_table` in Markdown."""
+    return result_table(reports, metric).markdown()
+
+
+def curve_tables(report: Mapping[str, Any]) -> List[Table]:
+    """The report's ``curve``: robust accuracy at each budget of the grid from the minimum-norm run, alone and
+    combined with the suite (no table when the report has no curve)."""
+    curve = report.get("curve")
+    if not curve:
+        return []
+    out = Table(
+        f"robust accuracy against eps from one {curve['attack']} run ({report['norm']}; median smallest adversarial "
+        f"norm {format_value(curve['median_min_norm'])}, {curve['not_found']} attackable sample(s) never broken)",
+        ["eps", curve["attack"], "combined with " + ", ".join(curve["fixed_attacks"])],
+    )
+    for label, alone, combined in zip(curve["eps_labels"], curve["robust_accuracy"], curve["combined_robust_accuracy"]):
+        out.add([label, alone, combined])
+    return [out]
 
 
 def curve_table(report: Mapping[str, Any]) -> str:
-    """The report's ``curve`` as Markdown: robust accuracy at each budget of the grid from the minimum-norm run,
-    alone and combined with the suite (empty when the report has no curve)."""
-    curve = report.get("curve")
-    if not curve:
-        return ""
-    lines = [
-        f"robust accuracy against eps from one {curve['attack']} run ({report['norm']}; median smallest adversarial "
-        f"norm {_cell(curve['median_min_norm'])}, {curve['not_found']} attackable sample(s) never broken)",
-        "",
-        "| eps | " + curve["attack"] + " | combined with " + ", ".join(curve["fixed_attacks"]) + " |",
-        "|---|---|---|",
-    ]
-    for label, alone, combined in zip(curve["eps_labels"], curve["robust_accuracy"], curve["combined_robust_accuracy"]):
-        lines.append(f"| {label} | {alone:.3f} | {combined:.3f} |")
-    return "\n".join(lines) + "\n"
+    """:func:`curve_tables` in Markdown (empty when the report has no curve)."""
+    return "".join(t.markdown() for t in curve_tables(report))
 
 
-def threat_tables(report: Mapping[str, Any]) -> str:
-    """The report's universal, patch and corruption sections as Markdown (empty when it has none): the fooling
-    rate and metric of each universal perturbation next to the per-image worst case at the same budget, the metric
-    under each patch attack against patch size, and under each corruption against severity with the mean."""
+def threat_model_tables(report: Mapping[str, Any]) -> List[Table]:
+    """The report's universal, patch and corruption sections (none when it has none): the fooling rate and metric
+    of each universal perturbation next to the per-image worst case at the same budget, the metric under each
+    patch attack against patch size, and under each corruption against severity with the mean."""
     metric = report["primary_metric"]
-    clean = _cell(report["clean"].get(metric))
-    parts: List[str] = []
+    clean = report["clean"].get(metric)
+    tables: List[Table] = []
     universal = [r for r in report["results"] if r.get("threat_model") == "universal"]
     if universal:
         per_image = {
             r["eps_label"]: r for r in report["results"] if r.get("threat_model") in ("per-image", "worst-case")
         }
-        lines = [
+        table = Table(
             f"universal perturbations ({metric}; fooling rate = share of images whose prediction changes)",
-            "",
-            "| attack | eps | clean | universal | fooling rate | worst case of the eps attacks |",
-            "|---|---|---|---|---|---|",
-        ]
+            ["attack", "eps", "clean", "universal", "fooling rate", "worst case of the eps attacks"],
+        )
         for row in universal:
             worst = per_image.get(row["eps_label"])
-            worst_cell = _cell(worst["metrics"].get(metric)) if worst is not None else "n/a"
-            lines.append(
-                f"| {row['attack']} | {row['eps_label']} | {clean} | {_cell(row['metrics'].get(metric))} | "
-                f"{_cell(row.get('fooling_rate'))} | {worst_cell} |"
+            table.add(
+                [
+                    row["attack"],
+                    row["eps_label"],
+                    clean,
+                    row["metrics"].get(metric),
+                    row.get("fooling_rate"),
+                    worst["metrics"].get(metric) if worst is not None else None,
+                ]
             )
-        parts.append("\n".join(lines) + "\n")
+        tables.append(table)
     if report.get("patches"):
         rows = report["patches"]
         labels = list(dict.fromkeys(r["size_label"] for r in rows))
-        lines = [
+        table = Table(
             f"{metric} under patches (size: share of the image area or volume, or side in voxels)",
-            "",
-            "| attack | clean | " + " | ".join(labels) + " |",
-            "|" + "|".join(["---"] * (len(labels) + 2)) + "|",
-        ]
+            ["attack", "clean"] + labels,
+        )
         for attack in dict.fromkeys(r["attack"] for r in rows):
             values = {r["size_label"]: r["metrics"].get(metric) for r in rows if r["attack"] == attack}
-            lines.append(f"| {attack} | {clean} | " + " | ".join(_cell(values.get(lb)) for lb in labels) + " |")
-        parts.append("\n".join(lines) + "\n")
+            table.add([attack, clean] + [values.get(label) for label in labels])
+        tables.append(table)
     section = report.get("corruptions")
     if section:
         severities = section["severities"]
-        lines = [
+        table = Table(
             f"{metric} under natural corruptions (mean over all corruptions and severities: "
-            f"{_cell(section['mean'].get(metric))}; relative to clean: "
-            f"{_cell(section['relative_to_clean'].get(metric))})",
-            "",
-            "| corruption | clean | " + " | ".join(f"severity {v}" for v in severities) + " | mean |",
-            "|" + "|".join(["---"] * (len(severities) + 3)) + "|",
-        ]
+            f"{format_value(section['mean'].get(metric))}; relative to clean: "
+            f"{format_value(section['relative_to_clean'].get(metric))})",
+            ["corruption", "clean"] + [f"severity {v}" for v in severities] + ["mean"],
+        )
         for name, means in section["per_corruption"].items():
             values = {r["severity"]: r["metrics"].get(metric) for r in section["results"] if r["corruption"] == name}
-            cells = " | ".join(_cell(values.get(v)) for v in severities)
-            lines.append(f"| {name} | {clean} | {cells} | {_cell(means.get(metric))} |")
-        parts.append("\n".join(lines) + "\n")
-    return "".join(f"\n{part}" for part in parts)
+            table.add([name, clean] + [values.get(v) for v in severities] + [means.get(metric)])
+        tables.append(table)
+    return tables
 
 
-def defense_tables(report: Mapping[str, Any]) -> str:
-    """The report's ``defense`` (purification) and ``detection`` sections as Markdown (empty without them): the
-    non-adaptive and the adaptive robust accuracy of the purified model per budget, and the detector's AUROC, TPR
-    at 5 % FPR and "classify or reject" robust accuracy per budget and attack. The adaptive numbers are the ones
-    to quote."""
-    parts: List[str] = []
+def threat_tables(report: Mapping[str, Any]) -> str:
+    """:func:`threat_model_tables` in Markdown, each after a blank line (empty when the report has none)."""
+    return "".join(f"\n{t.markdown()}" for t in threat_model_tables(report))
+
+
+def defense_table_list(report: Mapping[str, Any]) -> List[Table]:
+    """The report's ``defense`` (purification) and ``detection`` sections (none without them): the non-adaptive
+    and the adaptive robust accuracy of the purified model per budget, and the detector's AUROC, TPR at 5 % FPR and
+    "classify or reject" robust accuracy per budget and attack. The adaptive numbers (worst cases) are the ones to
+    quote, set in bold."""
+    tables: List[Table] = []
     defense = report.get("defense")
     metric = report["primary_metric"]
     if defense and defense.get("kind") == "purification":
-        adaptive = {r["eps_label"]: r for r in report["results"] if r["attack"] == "worst-case"}
+        adaptive = {r["eps_label"]: r for r in report["results"] if r["attack"] == WORST_CASE}
         adaptive = adaptive or {r["eps_label"]: r for r in report["results"]}
-        baseline = {r["eps_label"]: r for r in defense["non_adaptive"]["results"] if r["attack"] == "worst-case"}
+        baseline = {r["eps_label"]: r for r in defense["non_adaptive"]["results"] if r["attack"] == WORST_CASE}
         baseline = baseline or {r["eps_label"]: r for r in defense["non_adaptive"]["results"]}
-        lines = [
+        table = Table(
             f"purification ({defense['purifier']}): {metric} of the purified model, worst case over the attacks",
-            "",
-            "| eps | clean | non-adaptive attack | adaptive attack | worst case of both (quote this) |",
-            "|---|---|---|---|---|",
-        ]
-        clean = _cell(report["clean"].get(metric))
+            ["eps", "clean", "non-adaptive attack", "adaptive attack", "worst case of both (quote this)"],
+        )
+        clean = report["clean"].get(metric)
         both = {row["eps_label"]: row["accuracy"] for row in defense.get("worst_case", [])}
         for label in report["eps_labels"]:
             a, b = baseline.get(label), adaptive.get(label)
-            a_cell = _cell(a["metrics"].get(metric)) if a else "n/a"
-            b_cell = _cell(b["metrics"].get(metric)) if b else "n/a"
-            lines.append(f"| {label} | {clean} | {a_cell} | {b_cell} | **{_cell(both.get(label))}** |")
-        parts.append("\n".join(lines) + "\n")
+            cells = [a["metrics"].get(metric) if a else None, b["metrics"].get(metric) if b else None]
+            table.add([label, clean, *cells, both.get(label)], strong=[4])
+        tables.append(table)
     detection = report.get("detection")
     if detection:
-        lines = [
+        table = Table(
             f"detection ({detection['detector']}, threshold at {detection['fpr']:.0%} false positives on clean data; "
             f"'classify or reject': the adversarial input is classified correctly or rejected)",
-            "",
-            "| eps | attack | adaptive | AUROC | TPR at 5% FPR | classifier robust accuracy | classify or reject |",
-            "|---|---|---|---|---|---|---|",
-        ]
+            ["eps", "attack", "adaptive", "AUROC", "TPR at 5% FPR", "classifier robust accuracy", "classify or reject"],
+        )
         for budget in detection["budgets"]:
             for attack, row in budget["attacks"].items():
-                lines.append(
-                    f"| {budget['eps_label']} | {attack} | {'yes' if row.get('adaptive') else 'no'} | "
-                    f"{_cell(row.get('auroc'))} | {_cell(row.get('tpr_at_5_fpr'))} | "
-                    f"{_cell(row.get('robust_accuracy'))} | {_cell(row.get('classify_or_reject_accuracy'))} |"
+                table.add(
+                    [
+                        budget["eps_label"],
+                        attack,
+                        "yes" if row.get("adaptive") else "no",
+                        row.get("auroc"),
+                        row.get("tpr_at_5_fpr"),
+                        row.get("robust_accuracy"),
+                        row.get("classify_or_reject_accuracy"),
+                    ]
                 )
             worst = budget.get("worst_case") or {}
-            lines.append(
-                f"| {budget['eps_label']} | worst case of all (quote this) | | | | "
-                f"{_cell(worst.get('robust_accuracy'))} | **{_cell(worst.get('classify_or_reject_accuracy'))}** |"
+            table.add(
+                [
+                    budget["eps_label"],
+                    "worst case of all (quote this)",
+                    "",
+                    "",
+                    "",
+                    worst.get("robust_accuracy"),
+                    worst.get("classify_or_reject_accuracy"),
+                ],
+                strong=[6],
+                highlight=True,
             )
-        parts.append("\n".join(lines) + "\n")
-    return "".join(f"\n{part}" for part in parts)
+        tables.append(table)
+    return tables
+
+
+def defense_tables(report: Mapping[str, Any]) -> str:
+    """:func:`defense_table_list` in Markdown, each after a blank line (empty without those sections)."""
+    return "".join(f"\n{t.markdown()}" for t in defense_table_list(report))
 
 
 def _family_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 REPORT_SCHEMA = "monai_adv.robustness_report"
-REPORT_SCHEMA_VERSION = "1.1"
+REPORT_SCHEMA_VERSION = "1.2"
 #: the name of each budget's per-sample worst case across the attacks
 WORST_CASE = "worst-case"
 
@@ -328,6 +328,27 @@ class RobustnessResults:
             }
         return sections
 
+    def per_class(self, eps_label: Callable[[float], str]) -> Dict[str, Any]:
+        """The report's ``per_class`` section: the task's per-class metric (recall for classification and
+        multi-label, Dice per foreground class for segmentation) on the clean inputs and in every eps-budget cell.
+        """
+
+        def values(cell: CellAccumulator) -> Dict[str, Any]:
+            rows = cell.rows()
+            return self.clean.metrics.per_class_rows({k[5:]: v for k, v in rows.items() if k.startswith("task/")})
+
+        clean = values(self.clean)
+        return {
+            "metric": clean["metric"],
+            "classes": clean["classes"],
+            "support": clean["support"],
+            "clean": clean["values"],
+            "results": [
+                {"attack": attack, "eps": eps, "eps_label": eps_label(eps), "values": values(cell)["values"]}
+                for attack, eps, cell in self.rows()
+            ],
+        }
+
     def report(
         self,
         norm: str,
@@ -366,6 +387,7 @@ class RobustnessResults:
             "attacks": attacks,
             "clean": {**clean["metrics"], "seconds": clean["seconds"]},
             "results": results,
+            "per_class": self.per_class(eps_label),
             **self._family_sections(clean),
         }
         for key, value in info.items():

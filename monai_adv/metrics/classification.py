@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Mapping
+from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
@@ -80,6 +80,16 @@ class ClassificationMetrics(RowMetrics):
             for name, v in (("recall", recall), ("precision", precision), ("f1", f1))
         }
         return {"accuracy": float(correct.double().mean()), **macro, "auc": self._auc(rows["scores"], onehot_y)}
+
+    def per_class_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        """Per class (label): the recall, i.e. the share of the class's samples (positives of the label) predicted
+        right, the accuracy restricted to that class; None for a class without samples."""
+        onehot_y, onehot_p = rows["label"].bool(), rows["pred"].bool()
+        support = onehot_y.sum(dim=0)
+        hits = (onehot_y & onehot_p).sum(dim=0)
+        values = [float(h) / float(n) if int(n) else None for h, n in zip(hits, support)]
+        return {"metric": "recall", "classes": list(range(onehot_y.shape[1])), "values": values,
+                "support": [int(n) for n in support]}
 
     def _auc(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         if self.task == "classification" and self.num_classes == 2:

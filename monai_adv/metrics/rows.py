@@ -13,7 +13,7 @@ in sample order, and the result does not depend on how the samples were batched,
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
@@ -59,6 +59,11 @@ class RowMetrics:
     def compute_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         """The metric values of the samples whose rows are given."""
         raise NotImplementedError(f"Subclasses of {self.__class__.__name__} must implement compute_rows().")
+
+    def per_class_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        """Per class: ``{"metric": name, "classes": [class index, ...], "values": [value or None, ...],
+        "support": [samples, ...]}`` for the samples whose rows are given."""
+        raise NotImplementedError(f"Subclasses of {self.__class__.__name__} must implement per_class_rows().")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> None:
         """Add a batch."""

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Any, Dict, Mapping
 
 import torch
 from monai.metrics import compute_dice, compute_iou
@@ -52,3 +52,12 @@ class SegmentationMetrics(RowMetrics):
 
     def compute_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, float]:
         return {"dice": self._mean(rows["dice"]), "iou": self._mean(rows["iou"])}
+
+    def per_class_rows(self, rows: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+        """Per foreground class: the mean Dice over the samples where the class is in the label or the prediction
+        (None when it is in none); ``support`` counts those samples."""
+        dice = rows["dice"].double()
+        seen = ~torch.isnan(dice)
+        values = [self._mean(dice[:, k]) if bool(seen[:, k].any()) else None for k in range(dice.shape[1])]
+        return {"metric": "dice", "classes": list(range(1, dice.shape[1] + 1)), "values": values,
+                "support": [int(n) for n in seen.sum(dim=0)]}

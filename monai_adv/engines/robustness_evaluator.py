@@ -35,6 +35,7 @@ from monai_adv.attacks import (
 from monai_adv.attacks.sanity import sanity_notes
 from monai_adv.attacks.tasks import infer_task, prepare_labels
 from monai_adv.attacks.validation import check_eps, check_logits, check_norm, check_value_range
+from monai_adv.benchmark.provenance import run_provenance
 from monai_adv.distributed import all_gather_objects
 from monai_adv.engines.attack_suite import (
     AttackSpec,
@@ -848,6 +849,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
             )
         if self.fit_info and "fitted" not in info:
             info["fitted"] = [dict(entry) for entry in self.fit_info]
+        if "provenance" not in info:
+            info["provenance"] = run_provenance(self.seed, self.state.device)
         return self.results.report(
             norm=self.norm,
             value_range=self.value_range,

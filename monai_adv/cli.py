@@ -238,6 +238,26 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from monai_adv.benchmark.html_report import HTML_NAME, load_reports, render_html_report
+    from monai_adv.benchmark.io import write_text_atomic
+
+    try:
+        reports = load_reports(args.reports)
+    except ValueError as e:
+        raise CommandError(str(e).replace("`reports`", "REPORT")) from e
+    figures = Path(args.figures) if args.figures is not None else Path(args.reports[0]).parent
+    if not figures.is_dir():
+        raise CommandError(f"--figures: {figures} is not a folder (the one holding the run's PNG figures)")
+    out = Path(args.out) if args.out is not None else figures / HTML_NAME
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CommandError(f"--out: expected a file name ending in .html, got {str(out)!r}")
+    check_out_folder(out.parent, "--out")
+    path = write_text_atomic(out, render_html_report(reports, figures, args.title))
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="a MONAI bundle folder (configs/inference.json, models/model.pt)")
     parser.add_argument("--checkpoint", type=Path, help="a state dict (loaded with weights_only=True)")
@@ -399,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--correction", default="holm", choices=("holm", "bonferroni"), help="segmentation")
     certify.add_argument("--out", default="monai_adv_certification", help="report folder")
     certify.set_defaults(func=_certify)
+
+    report = sub.add_parser(
+        "report",
+        help="rebuild report.html from the JSON reports of a run (evaluate, demo, benchmark, certify)",
+        description="Render the self-contained report.html from JSON reports and the PNG figures beside them.",
+    )
+    report.add_argument("reports", nargs="+", metavar="REPORT", help="JSON report(s), shown in this order")
+    report.add_argument("--figures", help="the folder of the run's PNG figures (default: the first report's folder)")
+    report.add_argument("--out", help="the page to write (default: report.html in the figures folder)")
+    report.add_argument("--title", help="the page's title (default: from the models' names)")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -28,6 +28,7 @@ from monai_adv.apps.sources import (
     load_network,
 )
 from monai_adv.benchmark.certification_report import certification_markdown, write_certification_reports
+from monai_adv.benchmark.html_report import write_html_report
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.data import BrainLesionDataset
 from monai_adv.devices import resolve_device
@@ -199,7 +200,8 @@ def _certify_run(
         return {"report": report, "paths": {}, "table": ""}
     paths = write_certification_reports(report, out)
     paths["curves"] = plot_certified_curves(report, Path(out) / "certified_curves.png")
+    paths["html"] = write_html_report([report], out)
     table = certification_markdown(report)
     log(table)
-    log(f"report in {out}/")
+    log(f"report in {out}/ (open {paths['html']} in a browser)")
     return {"report": report, "paths": paths, "table": table}

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from monai.data import DataLoader
 
+from monai_adv.benchmark.html_report import write_html_report
 from monai_adv.benchmark.io import save_state_dict_atomic
 from monai_adv.benchmark.networks import small_classifier
 from monai_adv.benchmark.progress import attach_progress
@@ -170,8 +171,9 @@ def run_demo(config: DemoConfig, log=print) -> Dict[str, Any]:
         for name in networks
     ]
     paths["gradcam"] = plot_gradcam(entries, config.out / "gradcam.png")
+    paths["html"] = write_html_report(list(reports.values()), config.out, title="monai_adv demo: NAT against PGD-AT")
     table = markdown_table(reports)
     log("")
     log(table)
-    log(f"reports and figures in {config.out}/")
+    log(f"reports and figures in {config.out}/ (open {paths['html']} in a browser)")
     return {"reports": reports, "paths": paths, "table": table}

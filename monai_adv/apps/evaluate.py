@@ -32,6 +32,7 @@ from monai_adv.apps.sources import (
     load_network,
 )
 from monai_adv.apps.threat_figures import write_threat_figures
+from monai_adv.benchmark.html_report import write_html_report
 from monai_adv.benchmark.progress import attach_progress
 from monai_adv.benchmark.report import curve_table, defense_tables, markdown_table, threat_tables, write_reports
 from monai_adv.devices import resolve_device
@@ -248,10 +249,11 @@ def _evaluate_run(
             adversarial_predictions=ex["adversarial_pred"],
         )
     paths.update(write_threat_figures(evaluator, report, Path(out)))
+    paths["html"] = write_html_report(list(reports.values()), out)
     table = markdown_table(reports) + (f"\n{curve_table(report)}" if "curve" in report else "")
     table += threat_tables(report) + defense_tables(report)
     log(table)
-    log(f"report in {out}/")
+    log(f"report in {out}/ (open {paths['html']} in a browser)")
     return {"report": report, "paths": paths, "table": table}
 
 

@@ -23,6 +23,7 @@ import torch
 from monai.data import DataLoader
 from monai.networks.nets import UNet
 
+from monai_adv.benchmark.html_report import write_html_report
 from monai_adv.benchmark.io import save_state_dict_atomic, write_json_atomic, write_text_atomic
 from monai_adv.benchmark.networks import small_classifier
 from monai_adv.benchmark.progress import attach_progress
@@ -222,7 +223,23 @@ def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> Dict[str
         write_text_atomic(out / f"benchmark_{task}.md", tables[task])
         write_text_atomic(out / f"benchmark_{task}.csv", grid_csv(task_cells))
         log(f"\n{task}\n\n{tables[task]}")
+    if done:
+        write_html_report(_page_reports(done, config.tasks), out, title="monai_adv benchmark")
     return {"cells": done, "tables": tables}
+
+
+def _page_reports(cells: Dict[Tuple[str, str, float], Dict[str, Any]], tasks: Sequence[str]) -> List[Dict[str, Any]]:
+    """The reports of ``report.html``: one per task and method (NAT first) across the budgets, each named
+    "<method> (<task>)" when the grid has several tasks."""
+    reports = []
+    for task in tasks:
+        merged = method_reports(cells, task)
+        for method in sorted(merged, key=lambda m: (m != "nat", m)):
+            report = dict(merged[method])
+            if len(tasks) > 1:
+                report["model"] = {**report.get("model", {}), "name": f"{method} ({task})"}
+            reports.append(report)
+    return reports
 
 
 def _trained(config, task, method, eps, train, channels, classes, device) -> torch.nn.Module:

@@ -88,8 +88,12 @@ class ClassificationMetrics(RowMetrics):
         support = onehot_y.sum(dim=0)
         hits = (onehot_y & onehot_p).sum(dim=0)
         values = [float(h) / float(n) if int(n) else None for h, n in zip(hits, support)]
-        return {"metric": "recall", "classes": list(range(onehot_y.shape[1])), "values": values,
-                "support": [int(n) for n in support]}
+        return {
+            "metric": "recall",
+            "classes": list(range(onehot_y.shape[1])),
+            "values": values,
+            "support": [int(n) for n in support],
+        }
 
     def _auc(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         if self.task == "classification" and self.num_classes == 2:

@@ -59,5 +59,9 @@ class SegmentationMetrics(RowMetrics):
         dice = rows["dice"].double()
         seen = ~torch.isnan(dice)
         values = [self._mean(dice[:, k]) if bool(seen[:, k].any()) else None for k in range(dice.shape[1])]
-        return {"metric": "dice", "classes": list(range(1, dice.shape[1] + 1)), "values": values,
-                "support": [int(n) for n in seen.sum(dim=0)]}
+        return {
+            "metric": "dice",
+            "classes": list(range(1, dice.shape[1] + 1)),
+            "values": values,
+            "support": [int(n) for n in seen.sum(dim=0)],
+        }

@@ -20,6 +20,7 @@ from monai.utils import optional_import
 from torch.utils.data import DistributedSampler, SequentialSampler
 
 from monai_adv.attacks import InfererModel
+from monai_adv.benchmark.provenance import run_provenance
 from monai_adv.certify import RandomizedSmoothing
 from monai_adv.distributed import all_gather_objects
 from monai_adv.engines.certification_results import CertificationResults, default_radii
@@ -232,6 +233,7 @@ class CertificationEvaluator(SupervisedEvaluator):
         """
         if self.results is None:
             raise RuntimeError("CertificationEvaluator.report() needs a finished run(): call run() first.")
+        info.setdefault("provenance", run_provenance(self.smoothing.seed, self.state.device))
         return self.results.report(self.settings(), self.seconds, **info)
 
 

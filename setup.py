@@ -40,7 +40,22 @@ setup(
         # torchattacks (the reference used by the tests) is installed separately with `--no-deps`:
         # its metadata requires torchvision and an old `requests`, which the code it runs never imports,
         # and resolving them would replace the platform's PyTorch build. See README "Tests".
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "scipy", "requests", "jsonschema>=4"],
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6.80",
+            "ruff>=0.5",
+            "scipy",
+            "requests",
+            "jsonschema>=4",
+            # the "tracking" extra, for tests/test_tracking.py
+            "mlflow-skinny>=2.10",
+            "sqlalchemy>=1.4",
+            "alembic>=1.8",
+            "tensorboard>=2.12",
+        ],
+        # experiment tracking with MONAI's MLFlowHandler (a local SQLite store: mlflow-skinny needs SQLAlchemy and
+        # Alembic for it) and TensorBoardStatsHandler; see docs/tracking.md
+        "tracking": ["mlflow-skinny>=2.10", "sqlalchemy>=1.4", "alembic>=1.8", "tensorboard>=2.12"],
     },
     entry_points={"console_scripts": ["monai-adv=monai_adv.cli:main"]},
     classifiers=[

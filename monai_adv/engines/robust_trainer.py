@@ -88,7 +88,11 @@ class RobustTrainer(SupervisedTrainer):
     ``amp=True``, and puts into ``engine.state.output``, next to the usual image/label/pred/loss, the batch
     accuracy on clean inputs (``"clean_accuracy"``) and on the defense's adversarial inputs
     (``"adversarial_accuracy"``) for classification tasks. ``pred`` holds the logits the loss was computed on
-    (the adversarial ones for PGD-AT). ``loss_function`` is not used by the defense (the defense owns its loss)
+    (the adversarial ones for PGD-AT). A defense whose outputs hold more entries than ``"clean"`` and
+    ``"adversarial"`` (loss terms, e.g. ``{"kl": ...}``) gets them into the output as ``"loss_<term>"`` (detached);
+    :func:`monai_adv.handlers.training_metrics` and :func:`monai_adv.handlers.iteration_scalars` log them, with the
+    accuracies and the loss, through MONAI's ``TensorBoardStatsHandler`` and ``MLFlowHandler`` (see
+    ``docs/tracking.md``). ``loss_function`` is not used by the defense (the defense owns its loss)
     and may be None. The clean accuracy comes free with the defenses that evaluate the clean batch (NAT, TRADES,
     MART, HAT); PGD-AT and fast-AT never do, and report it (instead of None) only with ``clean_accuracy=True``,
     for one more forward pass without gradients per iteration.
@@ -215,4 +219,7 @@ class RobustTrainer(SupervisedTrainer):
         task = getattr(engine.defense, "task", "auto")
         engine.state.output["clean_accuracy"] = None if clean is None else _batch_accuracy(clean, targets, task)
         engine.state.output["adversarial_accuracy"] = _batch_accuracy(outputs["adversarial"], targets, task)
+        for term, value in outputs.items():  # loss terms the defense reports, e.g. {"kl": ...} -> "loss_kl"
+            if term not in ("clean", "adversarial") and value is not None:
+                engine.state.output[f"loss_{term}"] = value.detach() if isinstance(value, torch.Tensor) else value
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

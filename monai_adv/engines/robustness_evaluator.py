@@ -48,6 +48,7 @@ from monai_adv.engines.evaluation_progress import CellRows, EvaluationProgress, 
 from monai_adv.engines.robust_trainer import NetworkCall
 from monai_adv.engines.robustness_curve import curve_grid, robustness_curve
 from monai_adv.engines.robustness_results import WORST_CASE, RobustnessResults, corruption_cell, derived_success
+from monai_adv.handlers.tracking import tracking_metrics
 from monai_adv.metrics import (
     SampleOutcome,
     check_additional_metrics,
@@ -212,6 +213,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
             The report's ``corruptions`` section holds each cell and the mean over all of them (the mean corruption
             accuracy, or Dice).
         corruption_severities: the severities (1 to 5).
+        tracking_names: put the metrics into ``state.metrics`` under the names experiment trackers accept
+            (:func:`monai_adv.handlers.tracking_name`: ``"pgd-20/eps_4_255/accuracy"`` for
+            ``"pgd-20@4/255/accuracy"``, which MLflow refuses), with NaN for a metric that could not be computed
+            (None otherwise), so that MONAI's ``MLFlowHandler`` and ``TensorBoardStatsHandler`` in ``val_handlers``
+            log every cell. The report (:meth:`report`) is the same either way.
         Other arguments as :class:`monai.engines.SupervisedEvaluator`.
     """
 
@@ -252,6 +258,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         patch_sizes: Sequence[Union[int, float]] = DEFAULT_PATCH_SIZES,
         corruptions: Optional[Union[str, Sequence[str]]] = None,
         corruption_severities: Sequence[int] = (1, 2, 3, 4, 5),
+        tracking_names: bool = False,
     ) -> None:
         self.additional_metrics = check_additional_metrics(additional_metrics)
         if isinstance(eps, (int, float)) or not isinstance(eps, Sequence) or len(eps) == 0:
@@ -293,13 +300,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
             prepare_batch=prepare_batch,
             iteration_update=iteration_update,
             inferer=inferer,
-            val_handlers=val_handlers,
+            val_handlers=None,
             amp=amp,
             decollate=decollate,
             to_kwargs=to_kwargs,
             amp_kwargs=amp_kwargs,
-        )
+        )  # the handlers are attached below, after the evaluator's own (they read the metrics it fills)
         self.register_events(*RobustnessEvents)
+        self.tracking_names = bool(tracking_names)
         self.task = task
         self.surrogate = surrogate
         self.mask_key = mask_key
@@ -333,6 +341,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._stored: List[List[CellRows]] = []
         self.add_event_handler(Events.EPOCH_STARTED, self._start_results)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_results)
+        if val_handlers is not None:  # after _finish_results: an EPOCH_COMPLETED handler sees the metrics
+            self._register_handlers(val_handlers)
 
     def settings(self) -> Dict[str, Any]:
         """The settings the per-sample outcomes depend on (with ``run_settings``), JSON-ready; the network and the
@@ -820,7 +830,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
             )
             for note in self.notes:
                 warnings.warn(note, UserWarning, stacklevel=2)
-        self.state.metrics.update(self.results.flat_metrics(self.value_range))
+        flat = self.results.flat_metrics(self.value_range)
+        self.state.metrics.update(tracking_metrics(flat) if self.tracking_names else flat)
 
     def _sanity_flags(self, inputs: torch.Tensor, targets: Any, task: str) -> Dict[str, torch.Tensor]:
         """Per-sample flags of what would make the numbers untrustworthy (see ``sanity_flags``), with the crafting

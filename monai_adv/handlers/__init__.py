@@ -4,8 +4,23 @@
 # You may obtain a copy of the License at
 #     http://www.apache.org/licenses/LICENSE-2.0
 
-"""ignite handlers that add attacks and adversarial training to existing MONAI trainers and evaluators."""
+"""ignite handlers that add attacks and adversarial training to existing MONAI trainers and evaluators, and the
+helpers that log robust metrics with MONAI's TensorBoard and MLflow handlers."""
 
 from monai_adv.handlers.adversarial_batch import AdversarialBatchHandler
+from monai_adv.handlers.tracking import (
+    OutputAverage,
+    iteration_scalars,
+    tracking_metrics,
+    tracking_name,
+    training_metrics,
+)
 
-__all__ = ["AdversarialBatchHandler"]
+__all__ = [
+    "AdversarialBatchHandler",
+    "OutputAverage",
+    "iteration_scalars",
+    "tracking_metrics",
+    "tracking_name",
+    "training_metrics",
+]

@@ -172,10 +172,11 @@ def same_snapshot(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
 
 
 def comparable_report(report: Dict[str, Any]) -> Dict[str, Any]:
-    """A robustness report without what differs between two runs of the same evaluation: when it was made and the
-    wall times."""
+    """A robustness report without what differs between two runs of the same evaluation: when and how it was made
+    (time, command line, process) and the wall times."""
     report = json.loads(json.dumps(report))
     report.pop("created")
+    report.pop("provenance", None)
     report["clean"].pop("seconds")
     for row in report["results"] + report.get("patches", []) + report.get("corruptions", {}).get("results", []):
         row.pop("seconds")

@@ -124,7 +124,7 @@ def test_a_resumed_run_applies_the_stored_fit(trained_bars, data, tmp_path):
     second = _evaluator(model, loader, shuffled, attacks=suite, progress_dir=tmp_path, corruptions=["contrast"])
     second.run()
     assert stored and all(torch.equal(first.fitted[k], second.fitted[k]) for k in first.fitted)
-    strip = ("created", "seconds", "fitted")
+    strip = ("created", "seconds", "fitted", "provenance")
 
     def comparable(report):
         rows = [{k: v for k, v in r.items() if k != "seconds"} for r in report["results"]]
@@ -187,7 +187,7 @@ def test_command_line_writes_every_family_with_its_figures(tmp_path, capsys):
 
     report = json.loads((out / "brain_lesion_robust_classification.json").read_text())
     validate_report(report)
-    assert report["schema_version"] == "1.1" and report["clean"]["accuracy"] > 0.6  # demo images in the bundle's size
+    assert report["schema_version"] == "1.2" and report["clean"]["accuracy"] > 0.6  # demo images in the bundle's size
     assert {r["threat_model"] for r in report["results"]} == {"per-image", "universal", "worst-case"}
     assert [r["attack"] for r in report["patches"]] == ["patch"] and len(report["corruptions"]["results"]) == 45
     assert {entry["data"] for entry in report["fitted"]} == {"fit_data_loader"}

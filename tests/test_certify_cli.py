@@ -26,7 +26,7 @@ BUNDLES = ROOT / "bundles"
 DOCS = ROOT / "docs" / "certification.md"
 CLASSIFICATION = BUNDLES / "brain_lesion_robust_classification"
 SEGMENTATION = BUNDLES / "brain_lesion_robust_segmentation"
-FILES = ("certification.json", "certification.csv", "certification.md", "certified_curves.png")
+FILES = ("certification.json", "certification.csv", "certification.md", "certified_curves.png", "report.html")
 
 
 def _png(path: Path) -> None:

@@ -56,6 +56,8 @@ def test_demo(demo_run, capsys):
         "gradcam.png",
     ):
         _valid_png(out / png)
+    page = (out / "report.html").read_text()  # both models, every figure embedded
+    assert page.count('<img src="data:image/png;base64,') == 4 and "PGD-AT" in page and "NAT" in page
     assert (out / "models" / "nat.pt").is_file()
     state = torch.load(out / "models" / "pgd_at.pt", weights_only=True)
     demo_network().load_state_dict(state)
@@ -71,6 +73,8 @@ def test_evaluate_checkpoint_and_bundle(demo_run, tmp_path, capsys):
     assert report["num_samples"] == 12
     _valid_png(out / "robustness_curves.png")
     _valid_png(out / "adversarial_examples.png")
+    page = (out / "report.html").read_text()
+    assert "pgd_at" in page and page.count('<img src="data:image/png;base64,') == 2
     # the same model as a bundle
     bundle = tmp_path / "my_bundle"
     (bundle / "configs").mkdir(parents=True)
@@ -361,6 +365,7 @@ def test_benchmark_resume_refuses_results_made_with_other_settings(tmp_path):
     out = tmp_path / "grid"
     run_grid(_tiny_grid(out), log=lambda _: None)
     table = (out / "benchmark_classification.md").read_text()
+    assert 'id="results"' in (out / "report.html").read_text()
     with pytest.raises(ValueError, match=r"other settings \(.*attacks: stored \['fgsm'\].*seed: stored 0, now 7"):
         run_grid(_tiny_grid(out, attacks=["pgd-20"], test_samples=8, seed=7), log=lambda _: None)
     assert (out / "benchmark_classification.md").read_text() == table

@@ -202,6 +202,19 @@ def test_squeezer_names_and_bit_depth():
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
+def test_max_batch_does_not_change_the_evaluation(bars):
+    model, x, y, detectors = bars
+    for detector in detectors.values():
+        _same_with_max_batch(model, detector, x[:20], y[:20])
+
+
+def _same_with_max_batch(model, detector, x, y):
+    whole = evaluate_detection(model, detector, x, y, eps=16 / 255, steps=5)
+    assert evaluate_detection(model, detector, x, y, eps=16 / 255, steps=5, max_batch=7) == whole
+    with pytest.raises(ValueError, match="`max_batch`"):
+        evaluate_detection(model, detector, x, y, max_batch=0)
+
+
 def test_bad_input_raises_naming_the_argument():
     net = TinyClassifier(2, 1, 3)
     x, y = torch.rand(4, 1, 16, 16), torch.arange(4) % 3

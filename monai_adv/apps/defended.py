@@ -121,9 +121,11 @@ def detection_section(
     value_range,
     seed: int,
     steps: int = 50,
+    max_batch: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Fit the detector ``name`` on ``fit_batches`` (clean) and evaluate "classify or reject" at every budget with
-    the classifier-only PGD and the detector-aware APGD (:func:`~monai_adv.defenses.evaluate_detection`)."""
+    the classifier-only PGD and the detector-aware APGD (:func:`~monai_adv.defenses.evaluate_detection`), attacking
+    at most ``max_batch`` images at a time."""
     if name not in DETECTORS:
         raise CommandError(f"--detector: expected one of {sorted(DETECTORS)}, got {name!r}")
     detector = _build(DETECTORS[name], "--detector", name, kwargs, network=network, value_range=value_range)
@@ -135,7 +137,9 @@ def detection_section(
     x, y = _gather(evaluation, device)
     budgets: List[Dict[str, Any]] = []
     for eps in eps_values:
-        result = evaluate_detection(network, detector, x, y, eps=eps, steps=steps, value_range=value_range, seed=seed)
+        result = evaluate_detection(
+            network, detector, x, y, eps=eps, steps=steps, value_range=value_range, seed=seed, max_batch=max_batch
+        )
         budgets.append({"eps": eps, "eps_label": eps_label(eps, value_range), **_plain(result)})
     return {
         "kind": "detection",

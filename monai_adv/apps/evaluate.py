@@ -224,7 +224,7 @@ def _evaluate_run(
         evaluation = DataLoader(dataset, batch_size=batch_size)
         fit_batches = fit_loader if fit_loader is not None else evaluation
         report["detection"] = detection_section(
-            model, *detector, fit_batches, fit_name, evaluation, eps, value_range, seed
+            model, *detector, fit_batches, fit_name, evaluation, eps, value_range, seed, max_batch=batch_size
         )
         report["notes"] = list(report.get("notes", [])) + detector_fit_note(fit_name)
     reports = {name: report, **reports}

@@ -284,6 +284,7 @@ def evaluate_detection(
     value_range: Optional[Sequence[float]] = (0.0, 1.0),
     seed: Optional[int] = 0,
     mask: Any = None,
+    max_batch: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Evaluate a classifier guarded by a fitted detector as "classify or reject", against attacks that ignore the
     detector and attacks that know it.
@@ -308,6 +309,8 @@ def evaluate_detection(
         value_range: the images' range.
         seed: the attacks' seed.
         mask: optional region of interest the attacks perturb (see :meth:`~monai_adv.attacks.Attack.perturb`).
+        max_batch: attack and score at most this many images at a time (None: all of ``x`` at once), to bound the
+            memory of a large set; the attacks seed each sample by its content, so the results do not depend on it.
 
     Returns:
         ``{"clean": {...}, "attacks": {name: {...}}, "worst_case": {...}, "quote": "worst_case" or None,
@@ -334,18 +337,31 @@ def evaluate_detection(
     attacks = {"pgd": "pgd", "adaptive": "adaptive"} if attacks is None else dict(attacks)
     if not attacks:
         raise ValueError("`attacks` must name at least one attack.")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"`max_batch` must be a positive integer or None, got {max_batch!r}.")
     built = {
         name: _build(spec, network, detector, eps, steps, lam, value_range, seed) for name, spec in attacks.items()
     }
+    n = x.shape[0]
+    parts = [slice(i, min(n, i + (max_batch or n))) for i in range(0, n, max_batch or n)]
+
+    def part_of(value: Any, rows: slice) -> Any:  # a per-sample mask is cut with the images; others broadcast
+        per_sample = isinstance(value, torch.Tensor) and value.ndim == x.ndim and value.shape[0] == n
+        return value[rows] if per_sample else value
 
     shared = _unwrap(network) is _unwrap(detector.network)
 
     def outcome(images: torch.Tensor):
-        with torch.no_grad():
-            logits, score = detector.logits_and_score(detector._prepare(images))
-            if not shared:
-                logits = _logits(network, images)
-        return logits.argmax(dim=1) == labels, score.cpu(), (score > detector.threshold)
+        correct, scores = [], []
+        for rows in parts:
+            with torch.no_grad():
+                logits, score = detector.logits_and_score(detector._prepare(images[rows]))
+                if not shared:
+                    logits = _logits(network, images[rows])
+            correct.append(logits.argmax(dim=1) == labels[rows])
+            scores.append(score)
+        score = torch.cat(scores)
+        return torch.cat(correct), score.cpu(), (score > detector.threshold)
 
     correct, clean_scores, rejected = outcome(x)
     result: Dict[str, Any] = {
@@ -360,7 +376,7 @@ def evaluate_detection(
     handled_all = torch.ones_like(correct)
     correct_all = correct.clone()
     for name, attack in built.items():
-        x_adv = attack(x, labels, mask=mask)
+        x_adv = torch.cat([attack(x[rows], labels[rows], mask=part_of(mask, rows)) for rows in parts])
         adv_correct, adv_scores, flagged = outcome(x_adv)
         handled = adv_correct | flagged
         handled_all &= handled

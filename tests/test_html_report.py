@@ -81,7 +81,9 @@ def run_folder(trained_bars, tmp_path_factory):
         keep_examples=4,
     )
     evaluator.run()
-    report = evaluator.report(model={"name": "tiny <b>CNN</b>"}, data={"name": "bars", "image_size": [16, 16]})
+    report = evaluator.report(
+        model={"name": "tiny <b>CNN</b>"}, data={"name": "bars", "image_size": [16, 16], "class_names": ["h", "v", "d"]}
+    )
     folder = tmp_path_factory.mktemp("run")
     reports = {"tiny <b>CNN</b>": report}
     write_reports(reports, folder)
@@ -140,6 +142,7 @@ def test_page_shows_every_section_number_and_figure(run_folder):
         for cell in [c.strip().strip("*") for c in line.strip("|").split("|")]:
             assert cell in page.cells, cell
     assert page.worst_rows == 1
+    assert {"0: h", "1: v", "2: d"} <= set(page.cells)  # the per-class table names the classes
     # names from the JSON are escaped, never markup
     assert "tiny <b>CNN</b>" not in text and html.escape("tiny <b>CNN</b>") in text
     assert report["provenance"]["versions"]["monai-adv"] in page.cells

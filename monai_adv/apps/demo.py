@@ -143,6 +143,7 @@ def run_demo(config: DemoConfig, log=print) -> Dict[str, Any]:
                 "split": "test",
                 "samples": config.test_samples,
                 "image_size": [size, size],
+                "class_names": list(CLASS_NAMES),
             },
         )
         examples[name] = evaluator.state.examples

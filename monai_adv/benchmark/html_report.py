@@ -248,8 +248,10 @@ def _per_class(report: Mapping[str, Any]) -> Optional[Table]:
         f"{prefix}{' or predicted as it' if section['metric'] == 'dice' else ''})",
         [prefix, "samples", "clean"] + names,
     )
+    names = (report.get("data") or {}).get("class_names")
     for k, cls in enumerate(section["classes"]):
-        table.add([f"{prefix} {cls}", str(section["support"][k]), section["clean"][k]] + [r["values"][k] for r in rows])
+        name = f"{prefix} {cls}" if not isinstance(names, list) or len(names) <= cls else f"{cls}: {names[cls]}"
+        table.add([name, str(section["support"][k]), section["clean"][k]] + [r["values"][k] for r in rows])
     return table
 
 

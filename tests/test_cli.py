@@ -7,6 +7,7 @@
 """Smoke tests of the monai-adv subcommands with tiny settings, and their one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -516,6 +517,28 @@ def test_benchmark_settings_record_the_batch_size(tmp_path):
     run_grid(_tiny_grid(out), log=lambda _: None)
     with pytest.raises(ValueError, match="batch_size: stored 100, now 2"):
         run_grid(_tiny_grid(out, batch_size=2), log=lambda _: None)
+
+
+def test_randomized_purifier_results_do_not_depend_on_the_batches(tmp_path):
+    """A seeded randomized purifier draws each sample's noise from its own history within its batch: the same
+    report with other batch sizes (and so in a resumed run or on other ranks)."""
+
+    def comparable(value):  # without when and how fast it ran
+        if isinstance(value, dict):
+            return {k: comparable(v) for k, v in value.items() if k not in ("created", "provenance", "seconds")}
+        return [comparable(v) for v in value] if isinstance(value, list) else value
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brain_lesion_robust_classification"
+    common = ["evaluate", "--bundle", str(bundle), "--data", "demo", "--attacks", "fgsm", "--eps", "8/255"]
+    common += ["--samples", "8", "--no-progress", "--device", "cpu", "--purifier", "noise:sigma=0.05"]
+    reports = []
+    for batch in (8, 3, 3):  # the last: a rerun that finds the non-adaptive run done and redoes the adaptive one
+        out = tmp_path / str(batch)
+        if out.exists():
+            shutil.rmtree(out / "progress")
+        assert main(common + ["--batch-size", str(batch), "--out", str(out)]) == 0
+        reports.append(comparable(json.loads((out / "brain_lesion_robust_classification.json").read_text())))
+    assert reports[0] == reports[1] == reports[2]
 
 
 def test_evaluate_a_purified_model_and_a_detector(tmp_path, capsys):

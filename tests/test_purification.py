@@ -76,6 +76,21 @@ def test_purifiers_keep_shape_dtype_device_range_and_are_reproducible(name, dtyp
     assert torch.equal(again(x), out)
 
 
+def test_seeded_noise_of_a_sample_depends_only_on_its_own_history():
+    """Batch composition, process and resume independence: the k-th draw for an image is the same whatever else
+    the purifier saw before or beside it."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    one = GaussianNoisePurifier(0.2, value_range=None, seed=5)
+    first, second = one(x), one(x)  # two draws per image, e.g. two EoT samples
+    assert not torch.equal(first, second)
+    other = GaussianNoisePurifier(0.2, value_range=None, seed=5)  # another process, or a resumed run
+    other(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)))  # that has seen other images
+    assert torch.equal(other(x[[2, 0]]), first[[2, 0]])  # in another batch, in another order
+    assert torch.equal(other(x[[0, 1, 2, 3]]), torch.cat([second[[0]], first[[1]], second[[2]], first[[3]]]))
+    twins = GaussianNoisePurifier(0.2, value_range=None, seed=5)(x[[1, 1]])  # one image twice in a batch: two draws
+    assert torch.equal(twins, torch.cat([first[[1]], second[[1]]]))
+
+
 def test_purifiers_compute_what_they_claim():
     spike = torch.full((1, 1, 7, 7), 0.4)
     spike[0, 0, 3, 3] = 1.0

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from monai.data import DataLoader, DistributedSampler
+from monai.utils import optional_import
 
 from monai_adv.apps.arguments import check_count, check_out_folder
 from monai_adv.apps.defended import (
@@ -39,6 +40,8 @@ from monai_adv.devices import resolve_device
 from monai_adv.distributed import RunContext, distributed_run
 from monai_adv.engines import RobustnessEvaluator, RobustnessEvents
 from monai_adv.visualize import plot_adversarial_examples, plot_min_norm_curve, plot_robustness_curves
+
+Events, _ = optional_import("ignite.engine", name="Events")
 
 __all__ = ["run_evaluate", "PROGRESS_FOLDER"]
 
@@ -198,6 +201,9 @@ def _evaluate_run(
             )
         except (ValueError, TypeError) as e:
             raise CommandError(str(e)) from e
+        reset = getattr(getattr(network, "purifier", None), "reset", None)
+        if callable(reset):  # a randomized purifier's draws depend on each batch's own history only (resumable)
+            evaluator.add_event_handler(Events.ITERATION_STARTED, lambda _: reset())
         steps = evaluator.total_attack_runs * len(evaluator.data_loader)
         title = f"attack {name}" + ("" if label == "white-box" else f" ({label})")
         attach_progress(evaluator, RobustnessEvents.ATTACK_COMPLETED, steps, title, progress and run.is_main)

@@ -59,9 +59,9 @@ FIGURES: Tuple[Tuple[str, str, str], ...] = (
     (
         "adversarial_examples*.png",
         "examples",
-        "Clean images, their adversarial versions and the perturbation between them (amplified to be visible), "
-        "with the model's prediction on each. The change is too small for a reader to notice, yet it flips the "
-        "prediction.",
+        "Clean images, their adversarial versions at the largest budget and the perturbation between them "
+        "(amplified to be visible), with the model's prediction on each; a prediction in red is one the attack "
+        "changed. On a fragile model the change is too small for a reader to notice, yet it flips the prediction.",
     ),
     (
         "gradcam.png",

@@ -32,6 +32,7 @@ from monai.networks.layers import gaussian_1d, median_filter
 from monai.networks.nets import UNet
 from torch import nn
 
+from monai_adv.attacks.seeding import sample_keys
 from monai_adv.attacks.validation import check_int, check_positive, check_value_range
 from monai_adv.defenses.smoothing import check_sigma, gaussian_noise
 
@@ -217,10 +218,12 @@ class GaussianNoisePurifier(Purifier):
     is not.
 
     Randomness: with ``seed`` None the noise comes from PyTorch's global generator (``torch.manual_seed``
-    reproduces it). With an int ``seed``, call ``k`` of the purifier draws for each sample from its own stream keyed
-    by the sample's content, ``seed`` and ``k`` (see :func:`~monai_adv.defenses.smoothing.gaussian_noise`): the
-    noise does not depend on the rest of the batch nor on the global generator, and :meth:`reset` restarts the
-    sequence of calls.
+    reproduces it). With an int ``seed``, the ``k``-th time the purifier sees an image (the same content) it draws
+    for it from the stream keyed by the image's content, ``seed`` and ``k`` (see
+    :func:`~monai_adv.defenses.smoothing.gaussian_noise`): repeated calls on one image (EoT) get independent draws,
+    and the noise of a sample depends only on its own history, not on the rest of the batch, the global generator,
+    the number of processes or where a resumed run restarted. :meth:`reset` forgets the images seen (the purifier
+    remembers one digest per image it has seen since then).
 
     Args:
         sigma: noise standard deviation, in the units of the images.
@@ -250,7 +253,7 @@ class GaussianNoisePurifier(Purifier):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"`seed` must be an int or None, got {type(seed).__name__}.")
         self.seed = seed
-        self.calls = 0
+        self._seen: Dict[bytes, int] = {}
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]
@@ -262,13 +265,20 @@ class GaussianNoisePurifier(Purifier):
         return approximation() if callable(approximation) else None
 
     def reset(self) -> None:
-        """Restart the sequence of calls (with an int ``seed``: the next call draws the first call's noise)."""
-        self.calls = 0
+        """Forget the images seen (with an int ``seed``: each image's next draw is its first one again)."""
+        self._seen.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_batch(x, type(self).__name__)
-        noise = gaussian_noise(x, self.sigma, self.seed, copy=self.calls)
-        self.calls += 1
+        if self.seed is None:
+            noise = gaussian_noise(x, self.sigma, None)
+        else:
+            keys = sample_keys(x.detach().as_subclass(torch.Tensor))
+            copies = []
+            for key in keys:
+                copies.append(self._seen.get(key, 0))
+                self._seen[key] = copies[-1] + 1
+            noise = gaussian_noise(x, self.sigma, self.seed, copy=copies, keys=keys)
         out = _clamp(x + noise, self.value_range)
         return out if self.then is None else self.then(out)
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -36,14 +36,26 @@ def check_sigma(sigma: float, value_range: Optional[Sequence[float]]) -> float:
     return sigma
 
 
-def gaussian_noise(inputs: torch.Tensor, sigma: float, seed: Optional[int] = None, copy: int = 0) -> torch.Tensor:
+def gaussian_noise(
+    inputs: torch.Tensor,
+    sigma: float,
+    seed: Optional[int] = None,
+    copy: Union[int, Sequence[int]] = 0,
+    keys: Optional[Sequence[bytes]] = None,
+) -> torch.Tensor:
     """``sigma`` times standard normal noise shaped as ``inputs`` (N, C, *spatial), in its dtype and on its device,
-    each sample's from its own stream: keyed by its content, ``seed`` (None: a fresh seed from PyTorch's global
-    generator) and the stream ``NOISE_STREAM + copy`` (``copy`` numbers independent noise copies of one batch)."""
+    each sample's from its own stream: keyed by its content (``keys``, default :func:`sample_keys` of ``inputs``),
+    ``seed`` (None: a fresh seed from PyTorch's global generator) and the stream ``NOISE_STREAM + copy`` (``copy``
+    numbers independent noise copies: one for the batch, or one per sample)."""
     x = inputs.detach().as_subclass(torch.Tensor)
     if x.shape[0] == 0:
         return torch.zeros_like(x)
-    generators = sample_generators(sample_keys(x), resolve_seed(seed), NOISE_STREAM + int(copy), x.device)
+    keys = sample_keys(x) if keys is None else list(keys)
+    copies = [int(copy)] * x.shape[0] if isinstance(copy, int) else [int(c) for c in copy]
+    if len(copies) != x.shape[0] or len(keys) != x.shape[0]:
+        raise ValueError(f"`copy` and `keys` must be one per sample of `inputs` ({x.shape[0]}).")
+    seed = resolve_seed(seed)
+    generators = [sample_generators([k], seed, NOISE_STREAM + c, x.device)[0] for k, c in zip(keys, copies)]
     draws = [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=torch.float32) for g in generators]
     return (torch.stack(draws) * sigma).to(x.dtype)
 

@@ -183,3 +183,24 @@ def comparable_report(report: Dict[str, Any]) -> Dict[str, Any]:
     for entry in report.get("fitted", []):
         entry.pop("seconds")
     return report
+
+
+def evaluated_run_folder(model: nn.Module, x: torch.Tensor, y: torch.Tensor, folder, name: str, attacks, eps, **info):
+    """A real evaluation of ``model`` on ``(x, y)`` written as a run folder: its JSON report, tables, robustness
+    curves and adversarial-example figure (what ``report.html`` is made from). Returns the report."""
+    from monai.data import DataLoader
+
+    from monai_adv.benchmark.report import write_reports
+    from monai_adv.engines import RobustnessEvaluator
+    from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
+
+    evaluator = RobustnessEvaluator(
+        "cpu", DataLoader(list(zip(x, y)), batch_size=32), model, attacks, eps, keep_examples=4
+    )
+    evaluator.run()
+    report = evaluator.report(model={"name": name}, **info)
+    write_reports({name: report}, folder)
+    plot_robustness_curves({name: report}, folder / "robustness_curves.png")
+    examples = evaluator.state.examples
+    plot_adversarial_examples(examples["image"], examples["adversarial_image"], folder / "adversarial_examples.png")
+    return report

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.data import DataLoader
 
 from monai_adv.benchmark.html_report import write_html_report
-from monai_adv.benchmark.report import write_reports
-from monai_adv.engines import RobustnessEvaluator
-from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
+from tests.cases import evaluated_run_folder
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -87,22 +84,8 @@ def _chromium(tmp_path: Path, width: int, *args: str) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def page(trained_bars, tmp_path_factory):
     model, x, y = trained_bars
-    evaluator = RobustnessEvaluator(
-        "cpu",
-        DataLoader(list(zip(x[:48], y[:48])), batch_size=48),
-        model,
-        ["fgsm", "pgd-20"],
-        [4 / 255, 12 / 255],
-        keep_examples=4,
-    )
-    evaluator.run()
-    report = evaluator.report(model={"name": "tiny CNN"}, data={"name": "bars"})
     folder = tmp_path_factory.mktemp("browser")
-    reports = {"tiny CNN": report}
-    write_reports(reports, folder)
-    plot_robustness_curves(reports, folder / "robustness_curves.png")
-    ex = evaluator.state.examples
-    plot_adversarial_examples(ex["image"], ex["adversarial_image"], folder / "adversarial_examples.png")
+    report = evaluated_run_folder(model, x[:48], y[:48], folder, "tiny CNN", ["fgsm", "pgd-20"], [4 / 255, 12 / 255])
     return write_html_report([report], folder)
 
 

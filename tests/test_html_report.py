@@ -19,10 +19,9 @@ import torch
 from monai.data import DataLoader
 
 from monai_adv.benchmark.html_report import load_reports, render_html_report, write_html_report
-from monai_adv.benchmark.report import markdown_table, validate_report, write_reports
+from monai_adv.benchmark.report import markdown_table, validate_report
 from monai_adv.cli import main
-from monai_adv.engines import RobustnessEvaluator
-from monai_adv.visualize import plot_adversarial_examples, plot_robustness_curves
+from tests.cases import evaluated_run_folder
 
 EPS = [2 / 255, 12 / 255]
 
@@ -71,25 +70,10 @@ def _parse(text: str) -> _Page:
 def run_folder(trained_bars, tmp_path_factory):
     """A real evaluation of the small trained CNN, its reports, tables and figures in one folder."""
     model, x, y = trained_bars
-    x, y = x[:64], y[:64]
-    evaluator = RobustnessEvaluator(
-        "cpu",
-        DataLoader(list(zip(x, y)), batch_size=32),
-        model,
-        ["fgsm", {"attack": "pgd", "name": "pgd-10", "steps": 10}],
-        EPS,
-        keep_examples=4,
-    )
-    evaluator.run()
-    report = evaluator.report(
-        model={"name": "tiny <b>CNN</b>"}, data={"name": "bars", "image_size": [16, 16], "class_names": ["h", "v", "d"]}
-    )
     folder = tmp_path_factory.mktemp("run")
-    reports = {"tiny <b>CNN</b>": report}
-    write_reports(reports, folder)
-    plot_robustness_curves(reports, folder / "robustness_curves.png")
-    ex = evaluator.state.examples
-    plot_adversarial_examples(ex["image"], ex["adversarial_image"], folder / "adversarial_examples.png")
+    attacks = ["fgsm", {"attack": "pgd", "name": "pgd-10", "steps": 10}]
+    data = {"name": "bars", "image_size": [16, 16], "class_names": ["h", "v", "d"]}
+    report = evaluated_run_folder(model, x[:64], y[:64], folder, "tiny <b>CNN</b>", attacks, EPS, data=data)
     return report, folder
 
 

@@ -24,7 +24,9 @@ already there with every score of the current version, so an interrupted run res
 eps, no projection) at each of the ``--overfitting-eps`` budgets for the same epochs and records after every
 epoch, on ``--overfitting-images`` held-out test images, the clean, FGSM and PGD-20 accuracy at the training
 eps, with the training batches' accuracy on their own adversarial examples. Catastrophic overfitting shows as
-PGD-20 accuracy collapsing towards 0 while the FGSM (and training) accuracy stays high.
+PGD-20 accuracy collapsing towards 0 while the FGSM (and training) accuracy stays high. These runs train with Adam
+at 2e-3 or, with ``--optimizer sgd``, with SGD on a one-cycle schedule peaking at ``--lr`` (default 0.2), the
+recipe of the fast-AT paper; a rerun into the same ``--out`` with other settings is refused.
 """
 
 from __future__ import annotations
@@ -110,18 +112,29 @@ def _defense(method: str, eps: float, helper=None):
     return make_defense(method, eps=eps, steps=10, **kwargs)
 
 
-def _trainer(net, defense, train, epochs: int, **kwargs) -> RobustTrainer:
+def _trainer(net, defense, train, epochs: int, optimizer: str = "adam", lr: float = 2e-3, **kwargs) -> RobustTrainer:
+    """Adam at a fixed ``lr``, or SGD (momentum 0.9, weight decay 5e-4) with a one-cycle schedule peaking at ``lr``
+    (Wong et al.'s fast-AT recipe: linear up for 40 % of the steps, then down to 0)."""
     loader = DataLoader(train, batch_size=32, shuffle=True)
-    optimizer = torch.optim.Adam(net.parameters(), 2e-3)
-    return RobustTrainer(
+    if optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr, momentum=0.9, weight_decay=5e-4)
+    trainer = RobustTrainer(
         device="cpu",
         max_epochs=epochs,
         train_data_loader=loader,
         network=net,
-        optimizer=optimizer,
+        optimizer=opt,
         defense=defense,
         **kwargs,
     )
+    if optimizer == "sgd":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.4, anneal_strategy="linear"
+        )
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: schedule.step())
+    return trainer
 
 
 def _complete(method: str, row: dict) -> bool:
@@ -228,7 +241,13 @@ def _track_epochs(trainer, net, key: str, x, y, eps: float) -> list:
 
 def run_overfitting(args, train, x, y) -> dict:
     out = args.out.with_name(args.out.stem + "_overfitting.json")
-    results = json.loads(out.read_text())["results"] if out.exists() else {}
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    for key in ("samples", "image_size", "epochs", "optimizer", "lr"):
+        if key in stored and stored[key] != getattr(args, key):
+            raise SystemExit(
+                f"{out} holds runs made with {key}={stored[key]!r}, not {getattr(args, key)!r}: use another --out"
+            )
+    results = stored.get("results", {})
     n = min(args.overfitting_images, len(x))
     x, y = x[:n], y[:n]
     for eps_units in args.overfitting_eps:
@@ -239,16 +258,24 @@ def run_overfitting(args, train, x, y) -> dict:
                 continue
             torch.manual_seed(0)
             net = _network()
-            trainer = _trainer(
-                net, make_defense(method, eps=eps), train, args.epochs, decollate=False
-            )  # the batch outputs
+            trainer = _trainer(  # decollate=False: the batch outputs
+                net, make_defense(method, eps=eps), train, args.epochs, args.optimizer, args.lr, decollate=False
+            )
             epochs = _track_epochs(trainer, net, key, x, y, eps)
             trainer.run()
             results[key] = {"method": method, "eps": f"{eps_units:g}/255", "epochs": epochs}
             out.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(
                 out,
-                {"samples": args.samples, "image_size": args.image_size, "held_out_images": n, "results": results},
+                {
+                    "samples": args.samples,
+                    "image_size": args.image_size,
+                    "held_out_images": n,
+                    "epochs": args.epochs,
+                    "optimizer": args.optimizer,
+                    "lr": args.lr,
+                    "results": results,
+                },
             )
     return results
 
@@ -285,9 +312,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--overfitting", action="store_true", help="the catastrophic overfitting runs instead")
     parser.add_argument("--overfitting-eps", type=float, nargs="+", default=[16.0], help="in units of 1/255")
     parser.add_argument("--overfitting-images", type=int, default=200, help="held-out test images per epoch")
+    parser.add_argument(
+        "--optimizer", choices=("adam", "sgd"), default="adam", help="of --overfitting (sgd: one-cycle, momentum 0.9)"
+    )
+    parser.add_argument("--lr", type=float, help="learning rate (adam, default 2e-3) or sgd's peak (default 0.2)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defense_evidence.json"))
     args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = 2e-3 if args.optimizer == "adam" else 0.2
     if args.tiny:
         args.epochs, args.samples, args.autoattack_images, args.overfitting_images = 1, 32, 16, 16
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

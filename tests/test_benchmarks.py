@@ -123,3 +123,18 @@ def test_defended_models_and_threat_models_benchmarks_tiny(tmp_path):
     assert {row["adaptive"] for row in payload["detection"]} == {True, False}
     payload = threats(["--tiny", "--out", str(tmp_path / "threats.json")])
     assert set(payload["models"]) == {"demo lesion, natural", "demo lesion, PGD-AT"}
+
+
+def test_defense_evidence_overfitting_runs_tiny_and_refuses_other_settings(tmp_path):
+    from benchmarks.defense_evidence import main
+
+    out = tmp_path / "evidence.json"
+    results = main(["--tiny", "--overfitting", "--optimizer", "sgd", "--out", str(out)])
+    assert set(results) == {"fast_at@16", "n_fgsm@16"}
+    for run in results.values():
+        assert [row["epoch"] for row in run["epochs"]] == [1]
+        row = run["epochs"][0]
+        keys = ("train_adversarial_accuracy", "clean_accuracy", "fgsm_accuracy", "pgd20_accuracy")
+        assert all(0 <= row[k] <= 1 for k in keys)
+    with pytest.raises(SystemExit, match="optimizer='sgd', not 'adam'"):
+        main(["--tiny", "--overfitting", "--out", str(out)])

@@ -348,8 +348,13 @@ def render_html_report(
         lstrip_blocks=True,
     )
     environment.filters["shade"] = _shade
+    certification = any(e["kind"] == "certification" for e in entries)
+    kind = "Certified robustness report" if certification and not robustness else "Robustness report"
     return environment.get_template("report.html").render(
-        title=title or "Robustness report: " + ", ".join(names),
+        title=title or f"{kind}: " + ", ".join(names),
+        has_robustness=bool(robustness),
+        has_certification=certification,
+        has_per_class=any(e.get("per_class") for e in entries),
         version=__version__,
         entries=entries,
         comparison=comparison,

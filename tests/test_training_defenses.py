@@ -367,3 +367,15 @@ def test_shared_defense_arguments_and_registry():
     assert {(task, method) for task, method, _ in cells} == {
         (task, method) for task in ("classification", "segmentation") for method in ("nat", *NEW)
     }
+
+
+@pytest.mark.parametrize("name, terms", [("trades", ("natural", "kl")), ("mart", ("boosted_ce", "weighted_kl"))])
+def test_defenses_report_their_loss_terms(bars, name, terms):
+    """The terms reach the trainer's output as loss_<term> (logged by the tracking handlers) and make the loss."""
+    net, x, y = bars
+    defense = make_defense(name, eps=4 / 255, steps=2, beta=6.0)
+    loss, outputs = defense(net, x, y, seed=0)
+    assert float(loss) == pytest.approx(float(outputs[terms[0]] + 6.0 * outputs[terms[1]]), rel=1e-6)
+    trainer = _trainer(net, defense, [{"image": x, "label": y}], decollate=False)
+    trainer.run()
+    assert all(f"loss_{term}" in trainer.state.output for term in terms)

@@ -254,7 +254,8 @@ class TRADES(Defense):
         if self.beta == 0:
             return natural, {"clean": logits, "adversarial": None}
         logits_adv = network(self._adversarial(network, inputs, labels))
-        return natural + self.beta * self._kl_term(logits_adv, logits), {"clean": logits, "adversarial": logits_adv}
+        kl = self._kl_term(logits_adv, logits)
+        return natural + self.beta * kl, {"clean": logits, "adversarial": logits_adv, "natural": natural, "kl": kl}
 
 
 class MART(Defense):
@@ -280,7 +281,8 @@ class MART(Defense):
         true_prob = probs.gather(1, labels[:, None])[:, 0]
         kl = F.kl_div(torch.log(probs_adv + 1e-12), probs, reduction="none").sum(dim=1)
         robust = (kl * (1.0000001 - true_prob)).mean()
-        return boosted + self.beta * robust, {"clean": logits, "adversarial": logits_adv}
+        terms = {"boosted_ce": boosted, "weighted_kl": robust}
+        return boosted + self.beta * robust, {"clean": logits, "adversarial": logits_adv, **terms}
 
 
 class HAT(TRADES):
@@ -312,6 +314,7 @@ class HAT(TRADES):
         with model_state_guard(self.helper) as helper, torch.no_grad():
             helper_labels = helper(x_adv.to(model_dtype(self.helper) or x_adv.dtype)).argmax(dim=1)
         logits_adv = network(x_adv)
-        loss = F.cross_entropy(logits, labels) + self.beta * self._kl_term(logits_adv, logits)
-        loss = loss + self.gamma * F.cross_entropy(network(x_helper), helper_labels)
-        return loss, {"clean": logits, "adversarial": logits_adv}
+        natural, kl = F.cross_entropy(logits, labels), self._kl_term(logits_adv, logits)
+        helper_ce = F.cross_entropy(network(x_helper), helper_labels)
+        loss = natural + self.beta * kl + self.gamma * helper_ce
+        return loss, {"clean": logits, "adversarial": logits_adv, "natural": natural, "kl": kl, "helper": helper_ce}

@@ -113,3 +113,21 @@ def test_perturbation_norms():
     norms = perturbation_norms(x, x_adv)
     assert norms[0].tolist() == pytest.approx([0.4, 0.5])
     assert norms[1].tolist() == [0.0, 0.0]
+
+
+def test_per_class_rows_of_classification_and_segmentation():
+    from monai_adv.metrics import make_task_metrics
+
+    metrics = make_task_metrics("classification", 3)
+    labels, predictions = torch.tensor([0, 0, 1, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0, 0])
+    logits = torch.nn.functional.one_hot(predictions, 3).float()
+    per_class = metrics.per_class_rows(metrics.rows(logits, labels, predictions))
+    assert per_class == {"metric": "recall", "classes": [0, 1, 2], "values": [0.5, 2 / 3, 0.0], "support": [2, 3, 1]}
+    seg = make_task_metrics("segmentation", 3)
+    label = torch.zeros(2, 4, 4, dtype=torch.long)
+    label[:, :2] = 1  # class 1 in both samples, class 2 in none
+    pred = label.clone()
+    pred[1] = 0  # sample 1 misses class 1 entirely
+    per_class = seg.per_class_rows(seg.rows(None, label, pred))
+    assert per_class["metric"] == "dice" and per_class["classes"] == [1, 2]
+    assert per_class["values"] == [0.5, None] and per_class["support"] == [2, 0]

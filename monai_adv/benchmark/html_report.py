@@ -237,16 +237,17 @@ def _summary(report: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _per_class(report: Mapping[str, Any]) -> Optional[Table]:
+    """The per-class table: clean and worst case at each budget (each attack's rows without a worst case)."""
     section = report.get("per_class")
     if not section:
         return None
     prefix = "class" if report["task"] != "multilabel" else "label"
     rows = [r for r in section["results"] if r["attack"] == WORST_CASE] or section["results"]
-    names = [r["eps_label"] if r["attack"] == WORST_CASE else f"{r['attack']} {r['eps_label']}" for r in rows]
+    columns = [r["eps_label"] if r["attack"] == WORST_CASE else f"{r['attack']} {r['eps_label']}" for r in rows]
     table = Table(
         f"{section['metric']} per {prefix} (worst case over the attacks at each budget; samples: those of the "
         f"{prefix}{' or predicted as it' if section['metric'] == 'dice' else ''})",
-        [prefix, "samples", "clean"] + names,
+        [prefix, "samples", "clean"] + columns,
     )
     names = (report.get("data") or {}).get("class_names")
     for k, cls in enumerate(section["classes"]):
